@@ -1,0 +1,264 @@
+"""The Python API: ``onnxcomp.optimize`` and ``onnxcomp.inspect``.
+
+``optimize`` is what ``onnxcomp optimize`` runs: load and validate the model,
+open and validate the data, build the pipeline through the registry, run it,
+verify the result against the original in onnxruntime, measure both, and only
+then write the output (atomically). A run that fails anywhere writes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from . import __version__
+from .analysis import ModelStats, model_stats
+from .context import PassContext
+from .data import Dataset, InputSpec, RandomDataset, ValidatedDataset, input_specs, open_data, resolve_shapes
+from .errors import OnnxcompError, VerificationError
+from .latency import measure_latency
+from .model_io import check_model, file_size_with_data, load_model, model_byte_size, save_model
+from .pass_manager import Check, PassManager
+from .progress import ProgressFactory, null_progress
+from .recipe import load_recipe
+from .registry import build_pipeline
+from .report import OptimizeReport, VerificationSummary
+from .verify import check_loads, check_tolerances, compare_models
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PIPELINE: tuple[str, ...] = ("cleanup",)
+RANDOM_SAMPLES = 8
+
+
+@dataclasses.dataclass
+class OptimizeResult:
+    model: onnx.ModelProto
+    report: OptimizeReport
+    output: Path | None
+
+
+def optimize(
+    model: str | os.PathLike | onnx.ModelProto,
+    passes: Sequence[Any] | str | os.PathLike | None = None,
+    *,
+    output: str | os.PathLike | None = None,
+    data: Any = None,
+    data_limit: int | None = None,
+    verify_data: Any = None,
+    verify_samples: int | None = 64,
+    verify: bool = True,
+    latency: bool = True,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    image_options: Any = None,
+    checks: Sequence[Check | str] | None = None,
+    max_abs_error: float | None = None,
+    min_cosine: float | None = None,
+    seed: int = 0,
+    overwrite_input: bool = False,
+    external_data: bool | None = None,
+    progress: ProgressFactory = null_progress,
+) -> OptimizeResult:
+    """Compress ``model`` with a pipeline of passes and verify the result.
+
+    Args:
+        model: A path to an ``.onnx`` file, or a loaded ``ModelProto``.
+        passes: The pipeline: a list of pass names, presets, one-key mappings
+            ``{name: {options}}`` or Pass instances; or the path of a YAML
+            recipe. Default: the ``cleanup`` preset.
+        output: Where to write the result (atomically). None writes nothing.
+        data: Calibration data (see :mod:`onnxcomp.data` for the sources).
+        data_limit: Use at most this many calibration samples.
+        verify_data: Data to verify on; defaults to ``data``, else random
+            inputs (with a warning in the report).
+        verify_samples: Verify on at most this many samples (None: all).
+        verify: Compare the result with the original in onnxruntime.
+        latency: Measure batch-1 latency of both models, interleaved.
+        input_shapes: Shapes for inputs with dynamic dims when no data is given.
+        image_options: Preprocessing for image-folder data.
+        checks: Invariants checked after every pass (default: the ONNX checker).
+        max_abs_error: Fail (writing nothing) if any output differs more.
+        min_cosine: Fail (writing nothing) if any output's worst-sample cosine
+            similarity is lower.
+        seed: Seed for random choices and random verification data.
+        overwrite_input: Allow ``output`` to be the input file.
+        external_data: Force (True) or forbid (False) an external-data file;
+            None decides by size.
+        progress: Progress-bar factory (the CLI passes a tqdm one).
+
+    Raises:
+        OnnxcompError: Bad input, data, options, a failing pass, or a failed
+            verification. Nothing has been written then.
+    """
+    started = time.perf_counter()
+    source_path = None if isinstance(model, onnx.ModelProto) else Path(model)
+    original = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    check_model(original, source=str(source_path or "model"))
+    specs = input_specs(original)
+
+    recipe_checks = None
+    if isinstance(passes, (str, os.PathLike)) and Path(passes).suffix.lower() in (".yaml", ".yml"):
+        recipe = load_recipe(passes)
+        elements, recipe_checks = recipe.elements, recipe.checks
+    else:
+        elements = build_pipeline(passes if passes is not None else DEFAULT_PIPELINE)
+    manager = PassManager(elements, checks=checks if checks is not None else (recipe_checks or (Check.CHECKER,)))
+
+    with PassContext(template=original, seed=seed, progress=progress) as ctx:
+        calib = open_data(data, specs, image_options=image_options, limit=data_limit, workdir=ctx.workdir) if data is not None else None
+        ctx.data = calib
+        warnings: list[str] = []
+        check_data, random_data = _verification_data(
+            specs, original, verify_data, calib, verify_samples, input_shapes, image_options, seed, ctx, warnings
+        )
+
+        result = manager.run(original, ctx)
+        optimized = result.model
+        check_model(optimized, source="optimized model")
+
+        sample = check_data.first()
+        before = model_stats(original, sample=sample)
+        after = model_stats(optimized, sample=sample)
+        verification = None
+        if verify:
+            outputs = compare_models(original, optimized, check_data, progress=progress)
+            loads = check_loads(optimized)
+            verification = VerificationSummary(
+                data=check_data.description,
+                random_data=random_data,
+                samples=outputs[0].samples if outputs else 0,
+                outputs=outputs,
+                loads=loads,
+            )
+        latency_before = latency_after = None
+        if latency:
+            timings = measure_latency({"before": original, "after": optimized}, sample)
+            latency_before, latency_after = timings["before"], timings["after"]
+
+        report = OptimizeReport(
+            onnxcomp_version=__version__,
+            input=str(source_path) if source_path else None,
+            output=str(output) if output is not None else None,
+            pipeline=manager.describe(),
+            steps=result.steps,
+            before=before,
+            after=after,
+            file_bytes_before=file_size_with_data(source_path) if source_path else model_byte_size(original),
+            file_bytes_after=model_byte_size(optimized),
+            latency_before=latency_before,
+            latency_after=latency_after,
+            verification=verification,
+            warnings=warnings,
+            artifacts=_plain_artifacts(ctx.artifacts),
+        )
+        _gate(report, max_abs_error, min_cosine)
+        written = None
+        if output is not None:
+            protect = [source_path] if source_path is not None and not overwrite_input else []
+            written = save_model(optimized, output, external_data=external_data, protect=protect)
+            report.file_bytes_after = file_size_with_data(written)
+        report.seconds = time.perf_counter() - started
+        return OptimizeResult(model=optimized, report=report, output=written)
+
+
+def _verification_data(
+    specs: list[InputSpec],
+    model: onnx.ModelProto,
+    verify_data: Any,
+    calib: ValidatedDataset | None,
+    limit: int | None,
+    input_shapes: Mapping[str, Sequence[int]] | None,
+    image_options: Any,
+    seed: int,
+    ctx: PassContext,
+    warnings: list[str],
+) -> tuple[Dataset, bool]:
+    if verify_data is not None:
+        return open_data(verify_data, specs, image_options=image_options, limit=limit, workdir=ctx.workdir), False
+    if calib is not None:
+        return ValidatedDataset(calib.inner, specs, limit=_min_limit(calib.limit, limit)), False
+    shapes, assumed = resolve_shapes(specs, input_shapes)
+    count = RANDOM_SAMPLES if limit is None else min(RANDOM_SAMPLES, limit)
+    random = RandomDataset(specs, shapes, count, seed, int_high=gather_bounds(model))
+    message = f"no data given: verified on {count} random inputs; errors on real data will differ (give --calib)"
+    if assumed:
+        message += "; assumed " + ", ".join(f"{k}={v}" for k, v in assumed.items())
+    warnings.append(message)
+    logger.info(message)
+    return ValidatedDataset(random, specs), True
+
+
+def _min_limit(a: int | None, b: int | None) -> int | None:
+    values = [v for v in (a, b) if v is not None]
+    return min(values) if values else None
+
+
+def gather_bounds(model: onnx.ModelProto) -> dict[str, int]:
+    """Upper bounds for random integer inputs that index an embedding table.
+
+    For an input read directly by ``Gather`` on a constant table, random
+    indices must stay below the table's size on the gathered axis.
+    """
+    sizes = {t.name: list(t.dims) for t in model.graph.initializer}
+    bounds: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type != "Gather" or len(node.input) < 2 or node.input[0] not in sizes:
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        dims = sizes[node.input[0]]
+        if dims and -len(dims) <= axis < len(dims):
+            size = int(dims[axis])
+            bounds[node.input[1]] = min(bounds.get(node.input[1], size), size)
+    return bounds
+
+
+def _gate(report: OptimizeReport, max_abs_error: float | None, min_cosine: float | None) -> None:
+    v = report.verification
+    if v is None:
+        return
+    failed = {k: e for k, e in v.loads.items() if e != "ok"}
+    try:
+        if failed:
+            level, error = next(iter(failed.items()))
+            raise VerificationError(f"optimized model does not load in onnxruntime at level '{level}': {error}")
+        check_tolerances(v.outputs, max_abs=max_abs_error, min_cosine=min_cosine)
+    except VerificationError as err:
+        err.report = report  # type: ignore[attr-defined]
+        raise
+
+
+def _plain_artifacts(artifacts: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-friendly part of what passes left in the context."""
+    import json
+
+    plain = {}
+    for key, value in artifacts.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            continue
+        plain[key] = value
+    return plain
+
+
+def inspect(
+    model: str | os.PathLike | onnx.ModelProto,
+    *,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+) -> ModelStats:
+    """Statistics of a model: opset, I/O, op histogram, parameters, MACs per layer."""
+    loaded = model if isinstance(model, onnx.ModelProto) else load_model(model)
+    stats = model_stats(loaded, input_shapes=input_shapes)
+    if not isinstance(model, onnx.ModelProto):
+        stats.serialized_bytes = file_size_with_data(model)
+    return stats
+
+
+__all__ = ["optimize", "inspect", "OptimizeResult", "OnnxcompError"]

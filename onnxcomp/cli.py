@@ -1,0 +1,318 @@
+"""The ``onnxcomp`` command line.
+
+The CLI owns the terminal: logging format and level (``-v``/``-q``), progress
+bars, tables. Every error onnxcomp raises on purpose becomes one line on stderr
+and its exit code (see :mod:`onnxcomp.errors`); anything else is reported as an
+internal error in one line too, with the traceback only under ``-vv``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import Interrupted, OnnxcompError, UsageError
+
+logger = logging.getLogger("onnxcomp")
+
+
+class _OneLineFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        level = record.levelname.lower()
+        line = f"onnxcomp: {level}: {' '.join(record.getMessage().split())}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def _configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLineFormatter())
+    root = logging.getLogger("onnxcomp")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _verbosity(func):
+    func = click.option("-v", "--verbose", count=True, help="More output (-vv for debug and tracebacks).")(func)
+    func = click.option("-q", "--quiet", is_flag=True, help="Errors only; no progress bars or tables.")(func)
+    return func
+
+
+class _State:
+    verbose = 0
+    quiet = False
+
+
+def _apply_verbosity(verbose: int, quiet: bool) -> None:
+    _State.verbose = max(_State.verbose, verbose)
+    _State.quiet = _State.quiet or quiet
+    _configure_logging(_State.verbose, _State.quiet)
+
+
+def _progress():
+    from .progress import null_progress, tqdm_progress
+
+    return null_progress if _State.quiet else tqdm_progress
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="onnxcomp")
+@_verbosity
+def cli(verbose: int, quiet: bool) -> None:
+    """Compress ONNX models: cleanup, pruning, quantization, distillation export."""
+    _apply_verbosity(verbose, quiet)
+
+
+def _input_shape_option(func):
+    return click.option(
+        "--input-shape",
+        "input_shapes",
+        multiple=True,
+        metavar="NAME:D0xD1x...",
+        help="Concrete shape for an input with dynamic dims (repeatable).",
+    )(func)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a summary.")
+@click.option("--layers", is_flag=True, help="List MACs of every compute layer.")
+@_input_shape_option
+@_verbosity
+def inspect(model: Path, as_json: bool, layers: bool, input_shapes: tuple[str, ...], verbose: int, quiet: bool) -> None:
+    """Summarize MODEL: opset, inputs/outputs, ops, parameters, size, MACs."""
+    _apply_verbosity(verbose, quiet)
+    from .api import inspect as inspect_model
+    from .data import parse_shape_overrides
+    from .report import _count, _size
+
+    stats = inspect_model(model, input_shapes=parse_shape_overrides(input_shapes))
+    if as_json:
+        click.echo(json.dumps(stats.to_dict(), indent=2, sort_keys=True))
+        return
+    click.echo(f"model      {model}")
+    click.echo(f"opset      {stats.opset} (IR {stats.ir_version}){'  producer ' + stats.producer if stats.producer else ''}")
+    for kind, values in (("input", stats.inputs), ("output", stats.outputs)):
+        for v in values:
+            shape = "?" if v["shape"] is None else "[" + ", ".join(str(d) for d in v["shape"]) + "]"
+            click.echo(f"{kind:<10} {v['name']}: {v['dtype']} {shape}")
+    click.echo(f"size       {_size(stats.serialized_bytes)} (weights {_size(stats.weight_bytes)})")
+    click.echo(f"parameters {stats.params:,}")
+    click.echo(f"nodes      {stats.nodes:,}")
+    shapes = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in stats.input_shapes.items())
+    if stats.macs is not None:
+        click.echo(f"MACs       {_count(stats.macs)} ({stats.macs:,}) for inputs {shapes}")
+    else:
+        click.echo(
+            f"MACs       unknown for {len(stats.unresolved_layers)} layer(s); pass --input-shape "
+            "for dynamic dims"
+        )
+    if stats.assumed_dims:
+        click.echo("assumed    " + ", ".join(f"{k}={v}" for k, v in stats.assumed_dims.items()))
+    hist = ", ".join(f"{op} {n}" for op, n in stats.op_histogram.items())
+    click.echo(f"ops        {hist}")
+    if stats.metadata:
+        click.echo("metadata   " + ", ".join(sorted(stats.metadata)))
+    if layers:
+        click.echo("")
+        for layer in sorted(stats.layer_macs, key=lambda x: -x.macs):
+            click.echo(f"  {layer.macs:>15,}  {layer.op:<14} {layer.node}")
+
+
+def _image_options(size, mean, std, scale, layout, order, resize):
+    from .data_images import ChannelOrder, ImageOptions, Layout, Resize
+
+    def floats(text, name):
+        if text is None:
+            return None
+        try:
+            values = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            raise UsageError(f"--image-{name} expects comma-separated numbers, got '{text}'") from None
+        if len(values) == 1:
+            values = values * 3
+        if len(values) != 3:
+            raise UsageError(f"--image-{name} expects 1 or 3 numbers, got {len(values)}")
+        return values
+
+    kwargs = {}
+    if size:
+        try:
+            h, w = (int(v) for v in size.lower().split("x"))
+        except ValueError:
+            raise UsageError(f"--image-size expects HxW, e.g. 224x224, got '{size}'") from None
+        kwargs["size"] = (h, w)
+    if mean is not None:
+        kwargs["mean"] = floats(mean, "mean")
+    if std is not None:
+        kwargs["std"] = floats(std, "std")
+    if scale is not None:
+        kwargs["scale"] = scale
+    kwargs["layout"] = Layout(layout)
+    kwargs["channel_order"] = ChannelOrder(order)
+    kwargs["resize"] = Resize(resize)
+    return ImageOptions(**kwargs)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output model [default: MODEL.opt.onnx].")
+@click.option("--calib", "calib", type=click.Path(path_type=Path), help="Calibration/verification data: .npz, folder of .npy/.npz, or image folder.")
+@click.option("--calib-limit", type=click.IntRange(min=1), help="Use at most this many calibration samples.")
+@click.option("--recipe", type=click.Path(path_type=Path), help="YAML recipe with the passes to run.")
+@click.option("--passes", "pass_list", help="Comma-separated pass or preset names (instead of the default pipeline).")
+@click.option("--prune", "prune", type=float, metavar="RATIO", help="Structured pruning: remove this fraction of prunable channels.")
+@click.option("--quantize", "quantize", metavar="MODE", help="Quantization mode (see 'onnxcomp passes').")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), help="Also write the report as JSON.")
+@click.option("--verify/--no-verify", default=True, show_default=True, help="Compare with the original in onnxruntime.")
+@click.option("--verify-samples", type=click.IntRange(min=1), default=64, show_default=True, help="Samples used for verification.")
+@click.option("--latency/--no-latency", default=True, show_default=True, help="Measure batch-1 latency before/after.")
+@click.option("--max-abs-error", type=float, help="Fail (writing nothing) if an output differs more than this.")
+@click.option("--min-cosine", type=float, help="Fail (writing nothing) if an output's worst cosine similarity is lower.")
+@click.option("--check", "checks", multiple=True, type=click.Choice(["checker", "shape-inference", "ort-load"]), help="Invariant checked after every pass (repeatable) [default: checker].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite-input", is_flag=True, help="Allow the output to replace the input file.")
+@_input_shape_option
+@click.option("--image-size", help="Image folders: HxW (default: from the model input).")
+@click.option("--image-mean", help="Image folders: per-channel mean, after --image-scale (e.g. 0.485,0.456,0.406).")
+@click.option("--image-std", help="Image folders: per-channel std (e.g. 0.229,0.224,0.225).")
+@click.option("--image-scale", type=float, help="Image folders: multiply pixels (0..255) by this first [default: 1/255].")
+@click.option("--image-layout", type=click.Choice(["auto", "NCHW", "NHWC"]), default="auto", show_default=True)
+@click.option("--image-order", type=click.Choice(["RGB", "BGR"]), default="RGB", show_default=True)
+@click.option("--image-resize", type=click.Choice(["crop", "stretch"]), default="crop", show_default=True)
+@_verbosity
+def optimize(model: Path, output: Path | None, calib: Path | None, calib_limit: int | None, recipe: Path | None,
+             pass_list: str | None, prune: float | None, quantize: str | None, report_path: Path | None, verify: bool, verify_samples: int, latency: bool,
+             max_abs_error: float | None, min_cosine: float | None, checks: tuple[str, ...], seed: int,
+             overwrite_input: bool, input_shapes: tuple[str, ...], image_size, image_mean, image_std, image_scale,
+             image_layout, image_order, image_resize, verbose: int, quiet: bool) -> None:  # fmt: skip
+    """Optimize MODEL, verify it against the original, and write it."""
+    _apply_verbosity(verbose, quiet)
+    from .api import optimize as run_optimize
+    from .data import parse_shape_overrides
+
+    from .pipelines import pipeline_from_flags
+
+    chosen = [name for name, given in (("--recipe", recipe), ("--passes", pass_list), ("--prune/--quantize", prune is not None or quantize is not None)) if given]
+    if len(chosen) > 1:
+        raise UsageError(f"give only one of {', '.join(chosen)}")
+    if recipe is not None:
+        passes = recipe
+    elif pass_list:
+        passes = [p.strip() for p in pass_list.split(",") if p.strip()]
+    else:
+        passes = pipeline_from_flags(prune=prune, quantize=quantize)
+    if output is None:
+        output = model.with_name(f"{model.stem}.opt.onnx")
+    image_options = _image_options(image_size, image_mean, image_std, image_scale, image_layout, image_order, image_resize)
+    try:
+        result = run_optimize(
+            model,
+            passes,
+            output=output,
+            data=calib,
+            data_limit=calib_limit,
+            verify=verify,
+            verify_samples=verify_samples,
+            latency=latency,
+            input_shapes=parse_shape_overrides(input_shapes),
+            image_options=image_options,
+            checks=checks or None,
+            max_abs_error=max_abs_error,
+            min_cosine=min_cosine,
+            seed=seed,
+            overwrite_input=overwrite_input,
+            progress=_progress(),
+        )
+    except OnnxcompError as err:
+        report = getattr(err, "report", None)
+        if report is not None and report_path is not None:
+            report.write_json(report_path)
+        raise
+    if report_path is not None:
+        result.report.write_json(report_path)
+    if not _State.quiet:
+        click.echo(result.report.render())
+        click.echo(f"\nwrote {result.output}" + (f" and {report_path}" if report_path else ""))
+
+
+@cli.command("passes")
+@click.option("--json", "as_json", is_flag=True)
+def list_passes(as_json: bool) -> None:
+    """List the registered passes and their options."""
+    from .registry import PRESETS, describe_passes
+
+    rows = describe_passes()
+    if as_json:
+        click.echo(json.dumps({"passes": rows, "presets": sorted(PRESETS)}, indent=2))
+        return
+    for row in rows:
+        flags = " (needs --calib)" if row["needs_data"] else ""
+        click.echo(f"{row['name']}  [{row['stage']}]{flags}\n    {row['summary']}")
+        for opt in row["options"]:
+            click.echo(f"    --  {opt['name']}: {opt['type']} = {opt['default']}")
+    click.echo("presets: " + ", ".join(sorted(PRESETS)))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _raise_interrupt(signum, frame):
+    raise Interrupted(f"interrupted by signal {signal.Signals(signum).name}; nothing was written")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``onnxcomp`` script; returns the exit code."""
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        cli.main(args=argv, prog_name="onnxcomp", standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("onnxcomp: error: interrupted; nothing was written", err=True)
+        return 130
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        click.echo(f"onnxcomp: error: {_one_line(exc.format_message())}{hint}", err=True)
+        return 2
+    except click.ClickException as exc:
+        click.echo(f"onnxcomp: error: {_one_line(exc.format_message())}", err=True)
+        return exc.exit_code
+    except OnnxcompError as exc:
+        if _State.verbose >= 2:
+            logger.exception("traceback")
+        click.echo(f"onnxcomp: error: {_one_line(str(exc))}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("onnxcomp: error: interrupted; nothing was written", err=True)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
+        if _State.verbose >= 2:
+            logger.exception("traceback")
+        click.echo(
+            f"onnxcomp: internal error: {type(exc).__name__}: {_one_line(str(exc))[:500]} "
+            "(run with -vv for the traceback; please report it)",
+            err=True,
+        )
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

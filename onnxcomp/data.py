@@ -1,0 +1,636 @@
+"""Calibration and verification data: sources, validation, random stand-ins.
+
+A :class:`Dataset` is a *re-iterable* source of feed dicts (input name -> numpy
+array, batch dimension included), iterated once per calibration or verification
+pass, so memory stays flat however many samples there are. Sources:
+
+* an ``.npz`` whose keys are input names; arrays stack samples along axis 0
+  (``[N, ...]`` with the model's rank: one sample per row; or rank + 1: one
+  full feed per leading index);
+* a folder of ``.npy`` (single-input models) or ``.npz`` files, one feed per
+  file, in sorted order;
+* a folder of images with preprocessing options (:mod:`onnxcomp.data_images`);
+* in Python, a list/tuple of feed dicts, any re-iterable of them, a one-shot
+  iterator or generator, or an onnxruntime ``CalibrationDataReader`` (one-shot
+  sources are spooled to a scratch folder on first use).
+
+Every sample is validated against the model's inputs: names, dtypes, rank,
+static dims and the consistency of symbolic dims within a sample, and
+finiteness of float data. Files are read with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import itertools
+import logging
+import os
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from .errors import DataError
+
+logger = logging.getLogger(__name__)
+
+Feed = dict[str, np.ndarray]
+Dim = int | str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """A graph input as the data must match it.
+
+    Attributes:
+        shape: Dims as ints (static), strings (symbolic) or None (unknown); the
+            whole shape is None when even the rank is unknown.
+    """
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[Dim, ...] | None
+
+    def describe(self) -> str:
+        dims = "?" if self.shape is None else ",".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.name} {self.dtype}[{dims}]"
+
+    @property
+    def is_static(self) -> bool:
+        return self.shape is not None and all(isinstance(d, int) for d in self.shape)
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The inputs a caller must feed (graph inputs that are not initializers)."""
+    initializers = {t.name for t in model.graph.initializer}
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in initializers:
+            continue
+        tensor_type = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            raise DataError(f"input '{vi.name}' is not a tensor; only tensor inputs are supported")
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+        shape: tuple[Dim, ...] | None = None
+        if tensor_type.HasField("shape"):
+            dims: list[Dim] = []
+            for d in tensor_type.shape.dim:
+                if d.HasField("dim_value"):
+                    dims.append(int(d.dim_value))
+                elif d.HasField("dim_param"):
+                    dims.append(d.dim_param)
+                else:
+                    dims.append(None)
+            shape = tuple(dims)
+        specs.append(InputSpec(vi.name, np.dtype(dtype), shape))
+    return specs
+
+
+def describe_inputs(specs: Sequence[InputSpec]) -> str:
+    return ", ".join(s.describe() for s in specs)
+
+
+class Dataset(abc.ABC):
+    """A re-iterable source of feed dicts."""
+
+    description: str = "data"
+
+    @abc.abstractmethod
+    def __iter__(self) -> Iterator[Feed]: ...
+
+    def size(self) -> int | None:
+        """Number of samples if known without reading them, else None."""
+        return None
+
+    def first(self) -> Feed:
+        for sample in self:
+            return sample
+        raise DataError(f"{self.description}: contains no samples")
+
+
+class ListDataset(Dataset):
+    def __init__(self, samples: Sequence[Feed], description: str = "list of samples"):
+        self._samples = samples
+        self.description = description
+
+    def __iter__(self) -> Iterator[Feed]:
+        yield from self._samples
+
+    def size(self) -> int | None:
+        return len(self._samples)
+
+
+class ReiterableDataset(Dataset):
+    """Wraps a Python re-iterable (each ``iter()`` starts over)."""
+
+    def __init__(self, source: Iterable[Feed], description: str):
+        self._source = source
+        self.description = description
+
+    def __iter__(self) -> Iterator[Feed]:
+        return iter(self._source)
+
+    def size(self) -> int | None:
+        try:
+            return len(self._source)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+
+
+class SpooledDataset(Dataset):
+    """A one-shot iterator replayed from a scratch folder after its first pass.
+
+    The first iteration streams from the source and writes each sample to
+    ``folder`` as it goes; later iterations read the files back. Memory stays
+    flat in the number of samples.
+    """
+
+    def __init__(self, source: Iterator[Feed], folder: Path, description: str):
+        self._source = source
+        self._folder = Path(folder)
+        self._count: int | None = None
+        self.description = description
+
+    def __iter__(self) -> Iterator[Feed]:
+        if self._count is not None:
+            for i in range(self._count):
+                with np.load(self._folder / f"{i:08d}.npz", allow_pickle=False) as data:
+                    yield {k: data[k] for k in data.files}
+            return
+        self._folder.mkdir(parents=True, exist_ok=True)
+        count = 0
+        for sample in self._source:
+            if not isinstance(sample, Mapping):
+                raise DataError(f"{self.description}: sample {count} is a {type(sample).__name__}, expected a dict")
+            arrays = {str(k): np.asarray(v) for k, v in sample.items()}
+            _refuse_objects(arrays, f"{self.description}: sample {count}")
+            np.savez(self._folder / f"{count:08d}.npz", **arrays)
+            count += 1
+            yield arrays
+        self._count = count
+
+    def size(self) -> int | None:
+        return self._count
+
+
+class NpzDataset(Dataset):
+    """Samples stacked along axis 0 of the arrays of one ``.npz`` file."""
+
+    def __init__(self, path: Path, specs: Sequence[InputSpec]):
+        self.path = Path(path)
+        self.description = str(path)
+        self._specs = {s.name: s for s in specs}
+        with _open_npz(self.path) as data:
+            names = list(data.files)
+            if not names:
+                raise DataError(f"{self.path}: contains no arrays")
+            _check_names(set(names), specs, str(self.path))
+            counts = {}
+            for name in names:
+                arr = data[name]
+                counts[name] = self._sample_count(name, arr)
+        if len(set(counts.values())) != 1:
+            detail = ", ".join(f"{k}: {v}" for k, v in counts.items())
+            raise DataError(f"{self.path}: arrays hold different numbers of samples ({detail})")
+        self._count = next(iter(counts.values()))
+        if self._count == 0:
+            raise DataError(f"{self.path}: contains no samples")
+
+    def _sample_count(self, name: str, arr: np.ndarray) -> int:
+        spec = self._specs[name]
+        rank = len(spec.shape) if spec.shape is not None else arr.ndim
+        if arr.ndim == rank + 1:
+            return arr.shape[0]
+        if arr.ndim == rank and rank > 0:
+            batch = spec.shape[0] if spec.shape is not None else None
+            step = batch if isinstance(batch, int) and batch > 0 else 1
+            if arr.shape[0] % step:
+                raise DataError(f"{self.path}: '{name}' has {arr.shape[0]} rows, not a multiple of the model's batch {step}")
+            return arr.shape[0] // step
+        raise DataError(
+            f"{self.path}: '{name}' has shape {list(arr.shape)}; expected samples stacked on axis 0 "
+            f"for input {spec.describe()}"
+        )
+
+    def __iter__(self) -> Iterator[Feed]:
+        with _open_npz(self.path) as data:
+            arrays = {name: data[name] for name in data.files}
+        for i in range(self._count):
+            feed = {}
+            for name, arr in arrays.items():
+                spec = self._specs[name]
+                rank = len(spec.shape) if spec.shape is not None else arr.ndim
+                if arr.ndim == rank + 1:
+                    feed[name] = arr[i]
+                else:
+                    batch = spec.shape[0] if spec.shape is not None else None
+                    step = batch if isinstance(batch, int) and batch > 0 else 1
+                    feed[name] = arr[i * step:(i + 1) * step]
+            yield feed
+
+    def size(self) -> int | None:
+        return self._count
+
+
+class FolderDataset(Dataset):
+    """One feed per ``.npz`` (keys = input names) or ``.npy`` (single input) file."""
+
+    def __init__(self, folder: Path, files: list[Path], specs: Sequence[InputSpec]):
+        self.description = str(folder)
+        self._files = files
+        self._specs = list(specs)
+        if any(f.suffix == ".npy" for f in files) and len(specs) != 1:
+            raise DataError(
+                f"{folder}: .npy samples need a single-input model; this one has "
+                f"{len(specs)} inputs ({describe_inputs(specs)}); use .npz files keyed by input name"
+            )
+
+    def __iter__(self) -> Iterator[Feed]:
+        for path in self._files:
+            if path.suffix == ".npy":
+                arr = _load_npy(path)
+                feed = {self._specs[0].name: arr}
+            else:
+                with _open_npz(path) as data:
+                    feed = {k: data[k] for k in data.files}
+            yield _add_missing_batch_axis(feed, self._specs)
+
+    def size(self) -> int | None:
+        return len(self._files)
+
+
+class RandomDataset(Dataset):
+    """Seeded random samples of the right names, dtypes and shapes.
+
+    Float inputs are standard normal; integer inputs whose name suggests a mask
+    are ones, token-type ids zeros, other integers uniform in
+    ``[0, int_high)``; booleans are random.
+    """
+
+    def __init__(self, specs: Sequence[InputSpec], shapes: Mapping[str, tuple[int, ...]], count: int, seed: int, int_high: Mapping[str, int] | None = None):
+        self._specs = list(specs)
+        self._shapes = dict(shapes)
+        self._count = count
+        self._seed = seed
+        self._int_high = dict(int_high or {})
+        self.description = f"{count} random samples"
+
+    def __iter__(self) -> Iterator[Feed]:
+        rng = np.random.default_rng(self._seed)
+        for _ in range(self._count):
+            feed = {}
+            for spec in self._specs:
+                shape = self._shapes[spec.name]
+                feed[spec.name] = _random_array(spec, shape, rng, self._int_high.get(spec.name, 100))
+            yield feed
+
+    def size(self) -> int | None:
+        return self._count
+
+
+def _random_array(spec: InputSpec, shape: tuple[int, ...], rng: np.random.Generator, high: int) -> np.ndarray:
+    name = spec.name.lower()
+    kind = spec.dtype.kind
+    if kind == "f":
+        return rng.standard_normal(shape).astype(spec.dtype)
+    if kind == "b":
+        return rng.integers(0, 2, size=shape).astype(bool)
+    if kind in "iu":
+        if "mask" in name:
+            return np.ones(shape, dtype=spec.dtype)
+        if "type" in name or "segment" in name:
+            return np.zeros(shape, dtype=spec.dtype)
+        return rng.integers(0, max(high, 1), size=shape).astype(spec.dtype)
+    raise DataError(f"cannot make random data for input {spec.describe()}; give --calib data")
+
+
+def resolve_shapes(
+    specs: Sequence[InputSpec],
+    overrides: Mapping[str, Sequence[int]] | None = None,
+    dims: Mapping[str, int] | None = None,
+) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
+    """Concrete shapes for every input, for random data or MAC counting.
+
+    Explicit ``overrides`` (input name -> shape) win; then named ``dims``
+    (symbol -> value); a symbolic or unknown leading dim is assumed to be a
+    batch of 1. Any other unresolved dim is an error.
+
+    Returns:
+        The shapes, and the assumptions made (``"input[axis]" -> value``).
+
+    Raises:
+        DataError: A dim cannot be resolved, or an override contradicts a
+            static dim.
+    """
+    overrides = dict(overrides or {})
+    dims = dict(dims or {})
+    unknown_names = sorted(set(overrides) - {s.name for s in specs})
+    if unknown_names:
+        raise DataError(f"--input-shape names unknown input(s) {', '.join(unknown_names)}; model inputs: {describe_inputs(specs)}")
+    shapes: dict[str, tuple[int, ...]] = {}
+    assumed: dict[str, int] = {}
+    for spec in specs:
+        if spec.name in overrides:
+            shape = tuple(int(d) for d in overrides[spec.name])
+            _check_shape(spec, shape, f"--input-shape {spec.name}")
+            shapes[spec.name] = shape
+            for d, v in zip(spec.shape or (), shape):
+                if isinstance(d, str):
+                    dims.setdefault(d, v)
+            continue
+        if spec.shape is None:
+            raise DataError(f"input {spec.describe()} has unknown rank; pass --input-shape {spec.name}:D0xD1x...")
+        resolved = []
+        for axis, d in enumerate(spec.shape):
+            if isinstance(d, int) and d > 0:
+                resolved.append(d)
+            elif isinstance(d, str) and d in dims:
+                resolved.append(int(dims[d]))
+            elif axis == 0:
+                resolved.append(1)
+                assumed[f"{spec.name}[0]"] = 1
+                if isinstance(d, str):
+                    dims[d] = 1
+            else:
+                label = f"'{d}'" if isinstance(d, str) else "unknown"
+                raise DataError(
+                    f"input {spec.describe()} has a dynamic dim {label} at axis {axis} and no data to "
+                    f"resolve it; pass --calib DATA or --input-shape {spec.name}:"
+                    + "x".join(str(v) if isinstance(v, int) and v > 0 else "N" for v in spec.shape)
+                )
+        shapes[spec.name] = tuple(resolved)
+    return shapes, assumed
+
+
+def parse_shape_overrides(texts: Iterable[str]) -> dict[str, tuple[int, ...]]:
+    """Parse ``name:1x3x224x224`` (or ``name:1,3,224,224``) strings."""
+    out: dict[str, tuple[int, ...]] = {}
+    for text in texts:
+        name, sep, dims = text.rpartition(":")
+        if not sep or not name or not dims:
+            raise DataError(f"--input-shape '{text}': expected NAME:D0xD1x..., e.g. input:1x3x224x224")
+        try:
+            shape = tuple(int(d) for d in dims.replace(",", "x").split("x"))
+        except ValueError:
+            raise DataError(f"--input-shape '{text}': dims must be positive integers") from None
+        if any(d <= 0 for d in shape):
+            raise DataError(f"--input-shape '{text}': dims must be positive integers")
+        out[name] = shape
+    return out
+
+
+class ValidatedDataset(Dataset):
+    """Checks every sample of ``inner`` against the model's inputs as it streams.
+
+    Raises:
+        DataError: On the first bad sample (its index and what was expected), or
+            at the end of a pass that yielded no samples at all.
+    """
+
+    def __init__(self, inner: Dataset, specs: Sequence[InputSpec], limit: int | None = None):
+        self.inner = inner
+        self.specs = list(specs)
+        self.limit = limit
+        self.description = inner.description
+
+    def __iter__(self) -> Iterator[Feed]:
+        count = 0
+        source = iter(self.inner)
+        if self.limit is not None:
+            source = itertools.islice(source, self.limit)
+        for sample in source:
+            yield validate_sample(sample, self.specs, f"{self.description}: sample {count}")
+            count += 1
+        if count == 0:
+            raise DataError(f"{self.description}: contains no samples")
+
+    def size(self) -> int | None:
+        n = self.inner.size()
+        if n is None:
+            return self.limit
+        return min(n, self.limit) if self.limit is not None else n
+
+
+def validate_sample(sample: Any, specs: Sequence[InputSpec], where: str) -> Feed:
+    """Check one feed dict; returns it as a dict of numpy arrays."""
+    if not isinstance(sample, Mapping):
+        raise DataError(f"{where}: is a {type(sample).__name__}, expected a dict of input name -> array")
+    feed = {}
+    for key, value in sample.items():
+        try:
+            feed[str(key)] = np.asarray(value)
+        except Exception as err:  # noqa: BLE001 - anything numpy refuses is bad data
+            raise DataError(f"{where}: input '{key}' is not array-like ({err})") from err
+    _refuse_objects(feed, where)
+    _check_names(set(feed), specs, where)
+    symbols: dict[str, tuple[int, str]] = {}
+    for spec in specs:
+        arr = feed[spec.name]
+        if arr.dtype != spec.dtype:
+            hint = f" (convert with .astype(np.{spec.dtype.name}))" if spec.dtype.kind in "fiub" else ""
+            raise DataError(f"{where}: input '{spec.name}' has dtype {arr.dtype}, the model expects {spec.dtype}{hint}")
+        _check_shape(spec, arr.shape, f"{where}: input '{spec.name}'")
+        for axis, d in enumerate(spec.shape or ()):
+            if isinstance(d, str):
+                if d in symbols and symbols[d][0] != arr.shape[axis]:
+                    other_value, other_name = symbols[d]
+                    raise DataError(
+                        f"{where}: dim '{d}' is {arr.shape[axis]} in input '{spec.name}' but "
+                        f"{other_value} in input '{other_name}'"
+                    )
+                symbols.setdefault(d, (arr.shape[axis], spec.name))
+        if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
+            what = "NaN" if np.any(np.isnan(arr)) else "Inf"
+            raise DataError(f"{where}: input '{spec.name}' contains {what}")
+    return feed
+
+
+def _check_shape(spec: InputSpec, shape: Sequence[int], where: str) -> None:
+    if spec.shape is None:
+        return
+    if len(shape) != len(spec.shape):
+        raise DataError(f"{where}: has shape {list(shape)} (rank {len(shape)}), the model expects {spec.describe()}")
+    for axis, (want, have) in enumerate(zip(spec.shape, shape)):
+        if isinstance(want, int) and want > 0 and want != have:
+            raise DataError(
+                f"{where}: has shape {list(shape)}, the model expects {spec.describe()} (axis {axis} must be {want})"
+            )
+    if any(d == 0 for d in shape):
+        raise DataError(f"{where}: has an empty dimension (shape {list(shape)})")
+
+
+def _check_names(names: set[str], specs: Sequence[InputSpec], where: str) -> None:
+    expected = {s.name for s in specs}
+    missing = sorted(expected - names)
+    extra = sorted(names - expected)
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"lacks input(s) {', '.join(repr(m) for m in missing)}")
+        if extra:
+            parts.append(f"has unknown input(s) {', '.join(repr(e) for e in extra)}")
+        raise DataError(f"{where}: {' and '.join(parts)}; the model's inputs are {describe_inputs(specs)}")
+
+
+def _refuse_objects(arrays: Mapping[str, np.ndarray], where: str) -> None:
+    for name, arr in arrays.items():
+        if arr.dtype.hasobject:
+            raise DataError(f"{where}: input '{name}' holds Python objects; only numeric arrays are accepted")
+
+
+def _add_missing_batch_axis(feed: Feed, specs: Sequence[InputSpec]) -> Feed:
+    """Let per-sample files omit a leading batch dim of 1 (or a dynamic one)."""
+    out = dict(feed)
+    for spec in specs:
+        arr = out.get(spec.name)
+        if arr is None or spec.shape is None or arr.ndim != len(spec.shape) - 1:
+            continue
+        lead = spec.shape[0]
+        if not isinstance(lead, int) or lead in (0, 1):
+            out[spec.name] = arr[np.newaxis]
+    return out
+
+
+class _NpzFile:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        try:
+            self._data = np.load(self.path, allow_pickle=False)
+        except FileNotFoundError as err:
+            raise DataError(f"{self.path}: no such file") from err
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+            raise DataError(f"{self.path}: not a readable .npz file ({' '.join(str(err).split())})") from err
+        if not hasattr(self._data, "files"):
+            raise DataError(f"{self.path}: is a single array, expected an .npz archive of named arrays")
+        return _SafeNpz(self._data, self.path)
+
+    def __exit__(self, *exc):
+        self._data.close()
+
+
+class _SafeNpz:
+    """Access to an NpzFile that reports pickled or corrupt members as DataError."""
+
+    def __init__(self, data, path: Path):
+        self._data = data
+        self._path = path
+        self.files = list(data.files)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        try:
+            return self._data[key]
+        except ValueError as err:
+            raise DataError(f"{self._path}: array '{key}' holds pickled Python objects; refused (only numeric arrays are read)") from err
+        except (OSError, zipfile.BadZipFile, EOFError) as err:
+            raise DataError(f"{self._path}: array '{key}' is corrupt ({err})") from err
+
+
+def _open_npz(path: Path) -> _NpzFile:
+    return _NpzFile(Path(path))
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as err:
+        raise DataError(f"{path}: holds pickled Python objects or is malformed; refused ({err})") from err
+    except (OSError, EOFError) as err:
+        raise DataError(f"{path}: not a readable .npy file ({err})") from err
+
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"})
+
+
+def open_data(
+    source: Any,
+    specs: Sequence[InputSpec],
+    *,
+    image_options: Any = None,
+    limit: int | None = None,
+    workdir: Path | None = None,
+) -> ValidatedDataset:
+    """Turn any supported data source into a validated, re-iterable dataset.
+
+    Args:
+        source: A path (.npz file, folder of samples or images) or a Python
+            source (see the module docstring).
+        specs: The model's inputs (:func:`input_specs`).
+        image_options: :class:`onnxcomp.data_images.ImageOptions` for image folders.
+        limit: Use at most this many samples.
+        workdir: Scratch folder for spooling one-shot Python iterators.
+
+    Raises:
+        DataError: The source does not exist, is of an unknown kind, or its first
+            sample does not fit the model.
+    """
+    if limit is not None and limit <= 0:
+        raise DataError(f"sample limit must be positive, got {limit}")
+    dataset = _raw_dataset(source, specs, image_options, workdir)
+    validated = ValidatedDataset(dataset, specs, limit)
+    validated.first()  # fail fast on an empty source or a bad first sample
+    return validated
+
+
+def _raw_dataset(source: Any, specs: Sequence[InputSpec], image_options: Any, workdir: Path | None) -> Dataset:
+    if isinstance(source, Dataset):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return _path_dataset(Path(source), specs, image_options)
+    if isinstance(source, Mapping):
+        return ListDataset([source], "one feed dict")
+    if isinstance(source, (list, tuple)):
+        return ListDataset(list(source), f"list of {len(source)} samples")
+    if hasattr(source, "get_next") and callable(source.get_next):
+        return SpooledDataset(_reader_iterator(source), _spool_dir(workdir), "CalibrationDataReader")
+    if isinstance(source, Iterator):
+        return SpooledDataset(source, _spool_dir(workdir), "iterator of samples")
+    if isinstance(source, Iterable):
+        return ReiterableDataset(source, f"{type(source).__name__} of samples")
+    raise DataError(
+        f"unsupported data source {type(source).__name__}; give an .npz file, a folder, "
+        "a list or iterable of feed dicts, or a CalibrationDataReader"
+    )
+
+
+def _reader_iterator(reader: Any) -> Iterator[Feed]:
+    while True:
+        sample = reader.get_next()
+        if sample is None:
+            return
+        yield sample
+
+
+def _spool_dir(workdir: Path | None) -> Path:
+    import tempfile
+
+    base = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="onnxcomp-spool-"))
+    return Path(tempfile.mkdtemp(prefix="spool-", dir=base))
+
+
+def _path_dataset(path: Path, specs: Sequence[InputSpec], image_options: Any) -> Dataset:
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if path.is_file():
+        if path.suffix.lower() == ".npz":
+            return NpzDataset(path, specs)
+        if path.suffix.lower() == ".npy":
+            raise DataError(f"{path}: a single .npy is ambiguous; put samples in a folder or an .npz keyed by input name")
+        raise DataError(f"{path}: unsupported data file; expected .npz, or a folder of .npy/.npz samples or images")
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    arrays = [p for p in files if p.suffix.lower() in (".npy", ".npz")]
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    if arrays and images:
+        raise DataError(f"{path}: mixes array files and images; keep one kind per folder")
+    if arrays:
+        return FolderDataset(path, arrays, specs)
+    if images:
+        from .data_images import ImageFolderDataset, ImageOptions
+
+        return ImageFolderDataset(path, images, specs, image_options or ImageOptions())
+    raise DataError(f"{path}: folder contains no .npy/.npz samples or images")

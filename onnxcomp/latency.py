@@ -1,0 +1,73 @@
+"""Latency measurement that is fair on a shared, noisy machine.
+
+Models are timed *interleaved* in one process — run A, run B, run A, run B … —
+on the same batch-1 feed, so background load hits both alike; medians are
+reported and the ratio between them is the number to read. Tests never assert
+wall-clock times; benchmarks print these ratios.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import onnx
+
+from .data import Feed
+from .errors import DataError
+from .runtime import OptLevel, create_session, run
+
+
+@dataclasses.dataclass
+class LatencyStats:
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    runs: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def measure_latency(
+    models: Mapping[str, onnx.ModelProto | bytes | str],
+    feed: Feed,
+    *,
+    min_runs: int = 10,
+    max_runs: int = 200,
+    budget_s: float = 3.0,
+    warmup: int = 3,
+    intra_op_threads: int | None = None,
+    level: OptLevel = OptLevel.ALL,
+) -> dict[str, LatencyStats]:
+    """Median latency per model, measured interleaved on ``feed``.
+
+    Runs at least ``min_runs`` rounds and stops after ``budget_s`` seconds or
+    ``max_runs`` rounds.
+    """
+    sessions = {
+        name: create_session(model, level=level, intra_op_threads=intra_op_threads)
+        for name, model in models.items()
+    }
+    for name, session in sessions.items():
+        for _ in range(warmup):
+            run(session, None, feed, error=DataError, what=f"model '{name}' on the latency sample")
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < max_runs and (rounds < min_runs or time.perf_counter() - start < budget_s):
+        for name, session in sessions.items():
+            t0 = time.perf_counter()
+            session.run(None, feed)
+            times[name].append((time.perf_counter() - t0) * 1000.0)
+        rounds += 1
+    return {name: _stats(samples) for name, samples in times.items()}
+
+
+def _stats(samples: list[float]) -> LatencyStats:
+    ordered = sorted(samples)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return LatencyStats(statistics.median(ordered), pick(0.1), pick(0.9), len(ordered))

@@ -1,0 +1,135 @@
+"""Shape and type inference that scales to large models.
+
+``onnx.shape_inference`` needs the whole model in one protobuf and copies it.
+Inference only needs the *values* of small constants (shape vectors, axes), so
+large initializers are replaced by dims-only stubs before inference; the result
+is then written back onto the graph's tensors by name.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .ir import export_model
+
+logger = logging.getLogger(__name__)
+
+STUB_THRESHOLD = 4096
+"""Initializers at least this many bytes are stubbed during inference."""
+
+
+def stub_large_tensors(model: onnx.ModelProto, threshold: int = STUB_THRESHOLD) -> onnx.ModelProto:
+    """A copy of ``model`` whose large initializers carry dims and type but no data."""
+    stubbed = onnx.ModelProto()
+    stubbed.CopyFrom(model) if model.ByteSize() < (1 << 30) else _copy_without_data(model, stubbed)
+    for tensor in stubbed.graph.initializer:
+        if tensor.HasField("raw_data") and len(tensor.raw_data) >= threshold:
+            tensor.ClearField("raw_data")
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            del tensor.external_data[:]
+            entry = tensor.external_data.add()
+            entry.key, entry.value = "location", "onnxcomp-stub"
+    return stubbed
+
+
+def _copy_without_data(model: onnx.ModelProto, out: onnx.ModelProto) -> None:
+    saved = []
+    for tensor in model.graph.initializer:
+        if tensor.HasField("raw_data") and len(tensor.raw_data) >= STUB_THRESHOLD:
+            saved.append((tensor, tensor.raw_data))
+            tensor.ClearField("raw_data")
+    try:
+        out.CopyFrom(model)
+    finally:
+        for tensor, raw in saved:
+            tensor.raw_data = raw
+
+
+def infer_model_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shape-inferred copy of ``model`` with large weights stubbed (for reading shapes only)."""
+    stubbed = stub_large_tensors(model)
+    try:
+        return onnx.shape_inference.infer_shapes(stubbed, check_type=False, strict_mode=False, data_prop=True)
+    except Exception as err:  # inference is best effort on messy real graphs
+        logger.debug("shape inference failed: %s", err)
+        return stubbed
+
+
+def value_infos(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    graph = model.graph
+    infos = {vi.name: vi for vi in graph.value_info}
+    infos.update({vi.name: vi for vi in graph.output})
+    infos.update({vi.name: vi for vi in graph.input})
+    return infos
+
+
+def shape_of(info: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | None:
+    t = info.type
+    if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
+        return None
+    dims = []
+    for d in t.tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return tuple(dims)
+
+
+def dtype_of(info: onnx.ValueInfoProto) -> np.dtype | None:
+    t = info.type
+    if not t.HasField("tensor_type") or not t.tensor_type.elem_type:
+        return None
+    try:
+        return onnx.helper.tensor_dtype_to_np_dtype(t.tensor_type.elem_type)
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def infer_graph_shapes(graph: gs.Graph, template: onnx.ModelProto) -> int:
+    """Run shape inference and write shapes/dtypes onto ``graph``'s variables.
+
+    Returns:
+        How many tensors gained or changed shape or dtype information.
+    """
+    inferred = infer_model_shapes(export_model(graph, template))
+    infos = value_infos(inferred)
+    changed = 0
+    for name, tensor in graph.tensors().items():
+        if not isinstance(tensor, gs.Variable) or name not in infos:
+            continue
+        shape, dtype = shape_of(infos[name]), dtype_of(infos[name])
+        new_shape = list(shape) if shape is not None else tensor.shape
+        new_dtype = dtype if dtype is not None else tensor.dtype
+        if _shape_key(new_shape) != _shape_key(tensor.shape) or _dtype_key(new_dtype) != _dtype_key(tensor.dtype):
+            tensor.shape, tensor.dtype = new_shape, new_dtype
+            changed += 1
+    return changed
+
+
+def _shape_key(shape):
+    return None if shape is None else tuple(shape)
+
+
+def _dtype_key(dtype):
+    if dtype is None:
+        return None
+    try:
+        return np.dtype(dtype).str
+    except TypeError:
+        return str(dtype)
+
+
+def clear_intermediate_shapes(graph: gs.Graph) -> None:
+    """Forget shapes/dtypes of tensors between nodes (after edits that change them)."""
+    keep = {id(t) for t in graph.inputs} | {id(t) for t in graph.outputs}
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Variable) and id(tensor) not in keep:
+            tensor.shape = None
+            tensor.dtype = None

@@ -1,0 +1,169 @@
+"""Comparing an optimized model with its original on the same data.
+
+Both models run in onnxruntime (full graph optimizations, as deployed) on every
+sample; per output we keep running statistics only, so memory is flat in the
+number of samples:
+
+* ``max_abs`` / ``mean_abs``: absolute error over all elements;
+* ``cosine`` (mean and min over samples) of the flattened per-sample outputs;
+* ``top1_agreement`` for 2-D float outputs ``[batch, classes]`` (how often the
+  arg-max class is the same);
+* ``exact_match`` for integer and boolean outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+
+from .data import Dataset
+from .errors import DataError, VerificationError
+from .progress import ProgressFactory, null_progress
+from .runtime import OptLevel, create_session, run
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class OutputComparison:
+    name: str
+    samples: int = 0
+    elements: int = 0
+    max_abs: float = 0.0
+    mean_abs: float = 0.0
+    reference_max_abs: float = 0.0
+    cosine_mean: float | None = None
+    cosine_min: float | None = None
+    top1_agreement: float | None = None
+    exact_match: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class _Accumulator:
+    def __init__(self, name: str):
+        self.result = OutputComparison(name)
+        self._sum_abs = 0.0
+        self._cos_sum = 0.0
+        self._cos_n = 0
+        self._top1 = [0, 0]
+        self._exact = [0, 0]
+
+    def add(self, ref: np.ndarray, out: np.ndarray, where: str) -> None:
+        r = self.result
+        if ref.shape != out.shape:
+            raise VerificationError(
+                f"{where}: output '{r.name}' has shape {list(out.shape)}, the original gives {list(ref.shape)}"
+            )
+        r.samples += 1
+        r.elements += ref.size
+        if ref.dtype.kind in "fc":
+            ref64, out64 = ref.astype(np.float64), out.astype(np.float64)
+            bad = ~np.isfinite(out64) & np.isfinite(ref64)
+            if np.any(bad):
+                raise VerificationError(f"{where}: output '{r.name}' has NaN/Inf where the original is finite")
+            diff = np.abs(np.nan_to_num(ref64 - out64))
+            if diff.size:
+                r.max_abs = max(r.max_abs, float(diff.max()))
+                r.reference_max_abs = max(r.reference_max_abs, float(np.abs(np.nan_to_num(ref64)).max()))
+            self._sum_abs += float(diff.sum())
+            a, b = ref64.reshape(-1), out64.reshape(-1)
+            na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+            cos = 1.0 if na == 0 and nb == 0 else (float(a @ b) / (na * nb) if na and nb else 0.0)
+            self._cos_sum += cos
+            self._cos_n += 1
+            r.cosine_min = cos if r.cosine_min is None else min(r.cosine_min, cos)
+            if ref.ndim == 2 and ref.shape[1] > 1:
+                self._top1[0] += int(np.sum(ref.argmax(axis=1) == out.argmax(axis=1)))
+                self._top1[1] += ref.shape[0]
+        else:
+            self._exact[0] += int(np.sum(ref == out))
+            self._exact[1] += ref.size
+            mismatch = ref != out
+            if ref.dtype.kind in "iu" and np.any(mismatch):
+                r.max_abs = max(r.max_abs, float(np.abs(ref.astype(np.float64) - out.astype(np.float64)).max()))
+
+    def finish(self) -> OutputComparison:
+        r = self.result
+        if r.elements and self._cos_n:
+            r.mean_abs = self._sum_abs / r.elements
+            r.cosine_mean = self._cos_sum / self._cos_n
+        if self._top1[1]:
+            r.top1_agreement = self._top1[0] / self._top1[1]
+        if self._exact[1]:
+            r.exact_match = self._exact[0] / self._exact[1]
+        return r
+
+
+def compare_models(
+    reference: onnx.ModelProto | bytes | str,
+    candidate: onnx.ModelProto | bytes | str,
+    data: Dataset,
+    *,
+    progress: ProgressFactory = null_progress,
+    level: OptLevel = OptLevel.ALL,
+) -> list[OutputComparison]:
+    """Run both models on ``data`` and compare every output of the reference.
+
+    Raises:
+        VerificationError: The candidate lacks an output, or gives a different
+            shape, or non-finite values where the reference is finite.
+    """
+    ref_session = create_session(reference, level=level)
+    cand_session = create_session(candidate, level=level)
+    names = [o.name for o in ref_session.get_outputs()]
+    cand_names = {o.name for o in cand_session.get_outputs()}
+    missing = [n for n in names if n not in cand_names]
+    if missing:
+        raise VerificationError(f"optimized model lacks output(s) {', '.join(missing)}")
+    accumulators = {n: _Accumulator(n) for n in names}
+    bar = progress(data.size(), "verifying", "sample")
+    try:
+        for index, feed in enumerate(data):
+            ref_values = run(ref_session, names, feed, error=DataError, what=f"the original model on sample {index}")
+            cand_values = run(cand_session, names, feed, error=VerificationError, what=f"the optimized model on sample {index}")
+            for name, ref, out in zip(names, ref_values, cand_values):
+                accumulators[name].add(np.asarray(ref), np.asarray(out), f"sample {index}")
+            bar.update(1)
+    finally:
+        bar.close()
+    return [acc.finish() for acc in accumulators.values()]
+
+
+def check_tolerances(
+    comparisons: Sequence[OutputComparison], *, max_abs: float | None = None, min_cosine: float | None = None
+) -> None:
+    """Raise VerificationError if any output exceeds the given bounds."""
+    for c in comparisons:
+        if max_abs is not None and c.max_abs > max_abs:
+            raise VerificationError(
+                f"output '{c.name}' differs from the original by up to {c.max_abs:.3g} (allowed {max_abs:g})"
+            )
+        if min_cosine is not None and c.cosine_min is not None and c.cosine_min < min_cosine:
+            raise VerificationError(
+                f"output '{c.name}' has cosine similarity {c.cosine_min:.6f} on its worst sample "
+                f"(required {min_cosine:g})"
+            )
+
+
+def check_loads(model: onnx.ModelProto | bytes | str) -> dict[str, str]:
+    """Load ``model`` at every onnxruntime optimization level; level -> "ok" or the error."""
+    results = {}
+    for level in OptLevel:
+        try:
+            create_session(model, level=level)
+            results[level.value] = "ok"
+        except Exception as err:  # noqa: BLE001 - reported, caller decides
+            results[level.value] = " ".join(str(err).split())[:300]
+    return results
+
+
+def finite_or_none(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else value
