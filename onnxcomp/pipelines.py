@@ -7,9 +7,13 @@ preset in stage order: cleanup, pruning, quantization.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .errors import UsageError
+
+QUANTIZE_MODES: dict[str, Callable[[], list[Any]]] = {}
+"""``--quantize MODE`` -> the pipeline items it expands to (filled in by the quantization work)."""
 
 
 def pipeline_from_flags(*, prune: float | None = None, quantize: str | None = None) -> list[Any]:
@@ -29,4 +33,7 @@ def prune_items(ratio: float) -> list[Any]:
 
 def quantize_items(mode: str) -> list[Any]:
     """Pipeline items for ``--quantize MODE``."""
-    raise UsageError(f"--quantize {mode} is not available in this build")
+    if mode not in QUANTIZE_MODES:
+        valid = ", ".join(sorted(QUANTIZE_MODES)) or "none in this build"
+        raise UsageError(f"unknown --quantize mode '{mode}'; valid modes: {valid}")
+    return QUANTIZE_MODES[mode]()
