@@ -142,39 +142,50 @@ class ReiterableDataset(Dataset):
 
 
 class SpooledDataset(Dataset):
-    """A one-shot iterator replayed from a scratch folder after its first pass.
+    """A one-shot iterator made re-iterable by spooling samples to a scratch folder.
 
-    The first iteration streams from the source and writes each sample to
-    ``folder`` as it goes; later iterations read the files back. Memory stays
-    flat in the number of samples.
+    Samples are pulled from the source only once, written to ``folder`` as they
+    arrive and read back by later (or concurrent partial) iterations, so a
+    pass that stops early (e.g. peeking at the first sample) loses nothing.
+    Memory stays flat in the number of samples.
     """
 
     def __init__(self, source: Iterator[Feed], folder: Path, description: str):
         self._source = source
         self._folder = Path(folder)
-        self._count: int | None = None
+        self._written = 0
+        self._exhausted = False
         self.description = description
 
     def __iter__(self) -> Iterator[Feed]:
-        if self._count is not None:
-            for i in range(self._count):
-                with np.load(self._folder / f"{i:08d}.npz", allow_pickle=False) as data:
+        index = 0
+        while True:
+            if index < self._written:
+                with np.load(self._folder / f"{index:08d}.npz", allow_pickle=False) as data:
                     yield {k: data[k] for k in data.files}
-            return
+            elif self._exhausted:
+                return
+            else:
+                try:
+                    sample = next(self._source)
+                except StopIteration:
+                    self._exhausted = True
+                    return
+                yield self._spool(sample, index)
+            index += 1
+
+    def _spool(self, sample: Any, index: int) -> Feed:
+        if not isinstance(sample, Mapping):
+            raise DataError(f"{self.description}: sample {index} is a {type(sample).__name__}, expected a dict")
+        arrays = {str(k): np.asarray(v) for k, v in sample.items()}
+        _refuse_objects(arrays, f"{self.description}: sample {index}")
         self._folder.mkdir(parents=True, exist_ok=True)
-        count = 0
-        for sample in self._source:
-            if not isinstance(sample, Mapping):
-                raise DataError(f"{self.description}: sample {count} is a {type(sample).__name__}, expected a dict")
-            arrays = {str(k): np.asarray(v) for k, v in sample.items()}
-            _refuse_objects(arrays, f"{self.description}: sample {count}")
-            np.savez(self._folder / f"{count:08d}.npz", **arrays)
-            count += 1
-            yield arrays
-        self._count = count
+        np.savez(self._folder / f"{index:08d}.npz", **arrays)
+        self._written += 1
+        return arrays
 
     def size(self) -> int | None:
-        return self._count
+        return self._written if self._exhausted else None
 
 
 class NpzDataset(Dataset):

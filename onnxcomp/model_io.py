@@ -301,18 +301,19 @@ def _write_bytes(path: Path, data: bytes) -> None:
 
 def _write_external(model: onnx.ModelProto, model_path: Path, data_path: Path, location: str) -> None:
     """Serialize with large tensors moved to ``data_path``, then restore them in memory."""
-    moved: list[tuple[onnx.TensorProto, bytes]] = []
+    moved: list[tuple[onnx.TensorProto, bytes, bool]] = []
     try:
         with open(data_path, "wb") as data_file:
             for tensor in iter_tensors(model):
                 if not tensor.HasField("raw_data") or len(tensor.raw_data) < EXTERNAL_DATA_THRESHOLD:
                     continue
                 raw = tensor.raw_data
+                had_location = tensor.HasField("data_location")
                 offset = data_file.tell()
                 pad = (-offset) % 4096  # page-aligned so runtimes can memory-map
                 data_file.write(b"\0" * pad)
                 data_file.write(raw)
-                moved.append((tensor, raw))
+                moved.append((tensor, raw, had_location))
                 tensor.ClearField("raw_data")
                 tensor.data_location = onnx.TensorProto.EXTERNAL
                 del tensor.external_data[:]
@@ -323,9 +324,12 @@ def _write_external(model: onnx.ModelProto, model_path: Path, data_path: Path, l
             os.fsync(data_file.fileno())
         _write_bytes(model_path, model.SerializeToString())
     finally:
-        for tensor, raw in moved:
+        for tensor, raw, had_location in moved:
             del tensor.external_data[:]
-            tensor.data_location = onnx.TensorProto.DEFAULT
+            if had_location:
+                tensor.data_location = onnx.TensorProto.DEFAULT
+            else:
+                tensor.ClearField("data_location")
             tensor.raw_data = raw
 
 

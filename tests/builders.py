@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper  # noqa: F401 (re-exported for tests)
 
 OPSET = 17
 
@@ -147,3 +147,16 @@ def feed_for(m: onnx.ModelProto, seed: int = 0, batch: int = 2) -> dict[str, np.
         dtype = helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
         feed[vi.name] = rng.normal(0, 1, dims).astype(dtype)
     return feed
+
+
+def apply_pass(pass_name: str, m: onnx.ModelProto, options: dict | None = None, *, data=None):
+    """Run one registered pass through a PassManager (with the checker) and return
+    ``(model, step record)``."""
+    from onnxcomp.context import PassContext
+    from onnxcomp.pass_manager import PassManager
+    from onnxcomp.registry import create_pass
+
+    manager = PassManager([create_pass(pass_name, options or {})], checks=("checker",))
+    with PassContext(template=m, data=data) as ctx:
+        result = manager.run(m, ctx)
+    return result.model, result.steps[0]
