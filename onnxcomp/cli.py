@@ -113,8 +113,8 @@ def inspect(model: Path, as_json: bool, layers: bool, input_shapes: tuple[str, .
         click.echo(f"MACs       {_count(stats.macs)} ({stats.macs:,}) for inputs {shapes}")
     else:
         click.echo(
-            f"MACs       unknown for {len(stats.unresolved_layers)} layer(s); pass --input-shape "
-            "for dynamic dims"
+            f"MACs       unknown: shapes of {len(stats.unresolved_layers)} layer(s) could not be resolved "
+            "(dynamic dims: pass --input-shape; or ops without shape inference)"
         )
     if stats.assumed_dims:
         click.echo("assumed    " + ", ".join(f"{k}={v}" for k, v in stats.assumed_dims.items()))

