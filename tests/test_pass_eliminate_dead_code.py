@@ -1,7 +1,6 @@
 """Dead-code elimination: dead branches go, graph inputs stay, idempotent."""
 
 import numpy as np
-import pytest
 from onnx import helper
 
 import builders

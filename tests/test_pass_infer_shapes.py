@@ -1,11 +1,7 @@
 """Shape inference as a pass: annotates, then reports no change."""
 
-import numpy as np
-import pytest
-from onnx import helper
 
 import builders
-from builders import tensor, value
 
 
 def test_infer_shapes_annotates_then_reports_no_change():

@@ -1,5 +1,7 @@
 """Registry lookups, option validation, presets and YAML recipes."""
 
+import dataclasses
+
 import pytest
 
 from onnxcomp.errors import RecipeError, UsageError
@@ -30,7 +32,7 @@ def test_options_are_coerced_and_validated():
 
 def test_config_is_frozen():
     p = create_pass("fold-constants")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         p.config.max_growth_bytes = 1
 
 
