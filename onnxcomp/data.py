@@ -35,6 +35,7 @@ import numpy as np
 import onnx
 
 from .errors import DataError
+from .shapes import shape_of
 
 logger = logging.getLogger(__name__)
 
@@ -75,18 +76,7 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
         if not vi.type.HasField("tensor_type"):
             raise DataError(f"input '{vi.name}' is not a tensor; only tensor inputs are supported")
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
-        shape: tuple[Dim, ...] | None = None
-        if tensor_type.HasField("shape"):
-            dims: list[Dim] = []
-            for d in tensor_type.shape.dim:
-                if d.HasField("dim_value"):
-                    dims.append(int(d.dim_value))
-                elif d.HasField("dim_param"):
-                    dims.append(d.dim_param)
-                else:
-                    dims.append(None)
-            shape = tuple(dims)
-        specs.append(InputSpec(vi.name, np.dtype(dtype), shape))
+        specs.append(InputSpec(vi.name, np.dtype(dtype), shape_of(vi)))
     return specs
 
 
