@@ -70,11 +70,41 @@ def load_model(path: str | os.PathLike, *, load_external_data: bool = True) -> o
         ) from err
     except OSError as err:
         raise InputError(f"{path}: cannot read ({err.strerror or err})") from err
+    _check_text_fields(model, source=str(path))
     validate_model_proto(model, source=str(path))
     check_external_data(model, path.parent, source=str(path))
     if load_external_data and uses_external_data(model):
         onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     return model
+
+
+def _check_text_fields(model: onnx.ModelProto, *, source: str) -> None:
+    """Refuse models whose names or other text fields are not valid UTF-8.
+
+    Python protobuf hands such fields back as ``bytes`` instead of ``str``
+    (a flipped byte in a corrupt file), which would break code far from here.
+    Tensor payloads are not read.
+    """
+    from google.protobuf.descriptor import FieldDescriptor
+
+    def bad(value) -> bool:
+        return isinstance(value, bytes)
+
+    def walk(message) -> None:
+        if isinstance(message, onnx.TensorProto):
+            texts = [message.name, *(e.key for e in message.external_data), *(e.value for e in message.external_data)]
+            if any(bad(t) for t in texts):
+                raise InputError(f"{source}: corrupt model: a tensor name is not valid UTF-8")
+            return
+        for field, value in message.ListFields():
+            values = value if field.is_repeated else [value]
+            if field.type == FieldDescriptor.TYPE_STRING and any(bad(v) for v in values):
+                raise InputError(f"{source}: corrupt model: field '{field.name}' is not valid UTF-8")
+            if field.type == FieldDescriptor.TYPE_MESSAGE:
+                for item in values:
+                    walk(item)
+
+    walk(model)
 
 
 def validate_model_proto(model: onnx.ModelProto, *, source: str = "model") -> None:
@@ -126,6 +156,8 @@ def check_model(model: onnx.ModelProto, *, source: str = "model") -> None:
     except onnx.checker.ValidationError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InputError(f"{source}: fails the ONNX checker: {first}") from err
+    except UnicodeDecodeError as err:  # the checker's message quotes a corrupt, non-UTF-8 name
+        raise InputError(f"{source}: fails the ONNX checker: a name is not valid UTF-8 (corrupt file?)") from err
 
 
 def iter_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
