@@ -263,6 +263,11 @@ def list_passes(as_json: bool) -> None:
     click.echo("presets: " + ", ".join(sorted(PRESETS)))
 
 
+from .distill.cli import distill as _distill  # noqa: E402 - imports only click; the work loads on use
+
+cli.add_command(_distill)
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
