@@ -209,7 +209,7 @@ def test_dynamic_dims_without_data_explain_what_to_pass(tmp_path, capsys):
 def test_installed_script_runs_as_a_subprocess(model_path, tmp_path):
     env = dict(os.environ)
     result = subprocess.run(
-        [sys.executable, "-m", "onnxcomp.cli", "optimize", str(tmp_path / "missing.onnx")],
+        [sys.executable, "-m", "onnxcomp", "optimize", str(tmp_path / "missing.onnx")],
         capture_output=True, text=True, env=env, timeout=120,
     )
     assert result.returncode == 2
