@@ -15,6 +15,8 @@ from .errors import UsageError
 QUANTIZE_MODES: dict[str, Callable[[], list[Any]]] = {}
 """``--quantize MODE`` -> the pipeline items it expands to (filled in by the quantization work)."""
 
+QUANTIZE_MODES["int8-dynamic"] = lambda: ["quantize-dynamic"]
+
 
 def pipeline_from_flags(*, prune: float | None = None, quantize: str | None = None) -> list[Any]:
     """The pipeline spec for the given flags (cleanup always comes first)."""

@@ -24,6 +24,7 @@ from onnxcomp.passes.fold_channel_affine import FoldChannelAffine
 from onnxcomp.passes.fold_constants import FoldConstants
 from onnxcomp.passes.fold_pad import FoldPad
 from onnxcomp.passes.infer_shapes import InferShapes
+from onnxcomp.passes.quantize_dynamic import QuantizeDynamic
 
 from .errors import UsageError
 from .options import config_from_options
@@ -38,6 +39,7 @@ PASSES: Mapping[str, type[Pass]] = {
     "fold-batchnorm": FoldBatchNorm,
     "fold-channel-affine": FoldChannelAffine,
     "fold-pad": FoldPad,
+    "quantize-dynamic": QuantizeDynamic,
 }
 
 
