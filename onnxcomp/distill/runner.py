@@ -38,11 +38,13 @@ def graph_tensor_names(model: onnx.ModelProto) -> list[str]:
 def check_tensor_names(model: onnx.ModelProto, names: Sequence[str], what: str) -> None:
     """Raises UsageError for names the teacher graph does not have (with suggestions)."""
     known = set(graph_tensor_names(model))
+    node_outputs = {node.name: [o for o in node.output if o] for node in model.graph.node if node.name}
     for name in names:
         if name not in known:
             outputs = ", ".join(vi.name for vi in model.graph.output)
-            close = difflib.get_close_matches(name, sorted(known), n=3)
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            close = node_outputs.get(name) or difflib.get_close_matches(name, sorted(known), n=3)
+            what_close = f"node '{name}' outputs" if name in node_outputs else "did you mean"
+            hint = f"; {what_close} {', '.join(repr(c) for c in close)}?" if close else ""
             raise UsageError(f"{what} '{name}' is not a tensor of the teacher (its outputs: {outputs}){hint}")
 
 
@@ -112,6 +114,14 @@ class TeacherRunner:
             start = stop
         if len(parts) == 1:
             return parts[0]
+        for name in self.names:
+            shapes = [p[name].shape[1:] for p in parts]
+            if len(set(shapes)) > 1:
+                raise DataError(
+                    f"teacher tensor '{name}' has shapes {', '.join(str(list(s)) for s in dict.fromkeys(shapes))} per sample "
+                    f"within rows {first_row}..{first_row + len(feeds) - 1}; outputs of varying shape are not supported: "
+                    "give inputs of one shape (pad or resize them)"
+                )
         return {n: np.concatenate([p[n] for p in parts]) for n in self.names}
 
     def _run(self, feeds: Sequence[Feed], what: str) -> dict[str, np.ndarray]:
