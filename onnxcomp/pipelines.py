@@ -16,6 +16,8 @@ QUANTIZE_MODES: dict[str, Callable[[], list[Any]]] = {}
 """``--quantize MODE`` -> the pipeline items it expands to (filled in by the quantization work)."""
 
 QUANTIZE_MODES["int8-dynamic"] = lambda: ["quantize-dynamic"]
+QUANTIZE_MODES["int8-weights"] = lambda: [{"quantize-weights": {"bits": 8}}]
+QUANTIZE_MODES["int4-weights"] = lambda: [{"quantize-weights": {"bits": 4, "symmetric": False}}]
 
 
 def pipeline_from_flags(*, prune: float | None = None, quantize: str | None = None) -> list[Any]:

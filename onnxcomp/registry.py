@@ -25,6 +25,7 @@ from onnxcomp.passes.fold_constants import FoldConstants
 from onnxcomp.passes.fold_pad import FoldPad
 from onnxcomp.passes.infer_shapes import InferShapes
 from onnxcomp.passes.quantize_dynamic import QuantizeDynamic
+from onnxcomp.passes.quantize_weights import QuantizeWeights
 
 from .errors import UsageError
 from .options import config_from_options
@@ -40,6 +41,7 @@ PASSES: Mapping[str, type[Pass]] = {
     "fold-channel-affine": FoldChannelAffine,
     "fold-pad": FoldPad,
     "quantize-dynamic": QuantizeDynamic,
+    "quantize-weights": QuantizeWeights,
 }
 
 

@@ -31,16 +31,15 @@ import onnx_graphsurgeon as gs
 from onnxcomp.activations import iterate_activations
 from onnxcomp.context import PassContext
 from onnxcomp.graph import Namer
-from onnxcomp.pass_base import Pass, PassConfig, PassResult, Stage
+from onnxcomp.pass_base import Pass, PassResult, Stage
 from onnxcomp.quantization.dynamic import (
     WeightLayer,
     add_dynamic_quantize,
     dynamic_matmul_error,
-    find_weight_layers,
     replace_with_integer_matmul,
     smoothing_factors,
 )
-from onnxcomp.quantization.weight_only import EMBEDDING_MIN_ELEMENTS, find_embedding_tables, quantize_embedding
+from onnxcomp.quantization.weight_only import WeightSelectionConfig, quantize_embedding
 
 logger = logging.getLogger(__name__)
 
@@ -58,41 +57,28 @@ SMOOTH_CANDIDATES = (0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 @dataclasses.dataclass(frozen=True)
-class QuantizeDynamicConfig(PassConfig):
+class QuantizeDynamicConfig(WeightSelectionConfig):
     """Options of dynamic quantization.
 
     Attributes:
         per_channel: One weight scale per output column (else one per tensor).
-        op_types: Layer types to quantize (MatMul and/or Gemm).
-        exclude: Node names to keep in float.
-        min_weight_elements: Weights smaller than this stay float (tiny layers
-            gain nothing and pay the run-time quantization).
-        embeddings: Also store large Gather tables as int8 per row.
-        embedding_min_elements: Smaller tables (position, token-type) stay float.
         smoothing: ``auto`` (per activation, searched; only with data),
             ``fixed`` (``smooth_alpha`` everywhere; needs data) or ``off``.
         smooth_alpha: Migration strength in [0, 1] for ``smoothing=fixed``.
         search_samples: Calibration samples the ``auto`` search simulates.
+
+    Layer selection options: see :class:`WeightSelectionConfig`.
     """
 
     per_channel: bool = True
-    op_types: tuple[str, ...] = ("MatMul", "Gemm")
-    exclude: tuple[str, ...] = ()
-    min_weight_elements: int = 1024
-    embeddings: bool = True
-    embedding_min_elements: int = EMBEDDING_MIN_ELEMENTS
     smoothing: Smoothing = Smoothing.AUTO
     smooth_alpha: float = 0.8
     search_samples: int = 16
 
     def validate(self) -> None:
-        unknown = sorted(set(self.op_types) - {"MatMul", "Gemm"})
-        if unknown:
-            raise ValueError(f"op_types: {', '.join(unknown)} not supported (MatMul, Gemm)")
+        super().validate()
         if not 0.0 <= self.smooth_alpha <= 1.0:
             raise ValueError(f"smooth_alpha must be in [0, 1], got {self.smooth_alpha}")
-        if self.min_weight_elements < 0:
-            raise ValueError("min_weight_elements must be >= 0")
         if self.search_samples < 1:
             raise ValueError("search_samples must be >= 1")
 
@@ -107,10 +93,7 @@ class QuantizeDynamic(Pass):
 
     def call(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         config: QuantizeDynamicConfig = self.config
-        layers = find_weight_layers(
-            graph, op_types=config.op_types, exclude=config.exclude, min_elements=config.min_weight_elements
-        )
-        tables = find_embedding_tables(graph, min_elements=config.embedding_min_elements) if config.embeddings else []
+        layers, tables = config.select(graph)
         if not layers and not tables:
             return PassResult(graph, False, {"layers": 0, "embeddings": 0})
         groups = _group_by_activation(layers)
