@@ -24,7 +24,15 @@ from .context import PassContext
 from .data import Dataset, InputSpec, RandomDataset, ValidatedDataset, input_specs, open_data, resolve_shapes
 from .errors import OnnxcompError, VerificationError
 from .latency import measure_latency
-from .model_io import check_model, file_size_with_data, load_model, model_byte_size, save_model
+from .model_io import (
+    StagedModel,
+    check_model,
+    check_output_path,
+    file_size_with_data,
+    load_model,
+    model_byte_size,
+    uses_external_data,
+)
 from .pass_manager import Check, PassManager
 from .progress import ProgressFactory, null_progress
 from .recipe import load_recipe
@@ -102,14 +110,10 @@ def optimize(
     original = model if isinstance(model, onnx.ModelProto) else load_model(model)
     check_model(original, source=str(source_path or "model"))
     specs = input_specs(original)
-
-    recipe_checks = None
-    if isinstance(passes, (str, os.PathLike)) and Path(passes).suffix.lower() in (".yaml", ".yml"):
-        recipe = load_recipe(passes)
-        elements, recipe_checks = recipe.elements, recipe.checks
-    else:
-        elements = build_pipeline(passes if passes is not None else DEFAULT_PIPELINE)
-    manager = PassManager(elements, checks=checks if checks is not None else (recipe_checks or (Check.CHECKER,)))
+    manager = _pipeline_manager(passes, checks)
+    protect = [source_path] if source_path is not None and not overwrite_input else []
+    if output is not None:
+        check_output_path(Path(output), protect)
 
     with PassContext(template=original, seed=seed, progress=progress) as ctx:
         calib = open_data(data, specs, image_options=image_options, limit=data_limit, workdir=ctx.workdir) if data is not None else None
@@ -118,54 +122,72 @@ def optimize(
         check_data, random_data = _verification_data(
             specs, original, verify_data, calib, verify_samples, input_shapes, image_options, seed, ctx, warnings
         )
-
         result = manager.run(original, ctx)
         optimized = result.model
         check_model(optimized, source="optimized model")
 
-        sample = check_data.first()
-        before = model_stats(original, sample=sample)
-        after = model_stats(optimized, sample=sample)
-        verification = None
-        if verify:
-            outputs = compare_models(original, optimized, check_data, progress=progress)
-            loads = check_loads(optimized)
-            verification = VerificationSummary(
-                data=check_data.description,
-                random_data=random_data,
-                samples=outputs[0].samples if outputs else 0,
-                outputs=outputs,
-                loads=loads,
+        stage_at = Path(output) if output is not None else ctx.workdir / "optimized.onnx"
+        if external_data is None and uses_external_data(original):
+            external_data = True  # keep the input's layout: weights in a .data file
+        with StagedModel(optimized, stage_at, external_data=external_data, protect=protect) as staged:
+            # onnxruntime reads both models from disk: the input file as given,
+            # the result as staged (so large weights are never serialized twice).
+            reference = source_path if source_path is not None else original
+            report = OptimizeReport(
+                onnxcomp_version=__version__,
+                input=str(source_path) if source_path else None,
+                output=str(output) if output is not None else None,
+                pipeline=manager.describe(),
+                steps=result.steps,
+                before=model_stats(original, sample=check_data.first()),
+                after=model_stats(optimized, sample=check_data.first()),
+                file_bytes_before=file_size_with_data(source_path) if source_path else model_byte_size(original),
+                file_bytes_after=file_size_with_data(staged.path),
+                warnings=warnings,
+                artifacts=_plain_artifacts(ctx.artifacts),
             )
-        latency_before = latency_after = None
-        if latency:
-            timings = measure_latency({"before": original, "after": optimized}, sample)
-            latency_before, latency_after = timings["before"], timings["after"]
-
-        report = OptimizeReport(
-            onnxcomp_version=__version__,
-            input=str(source_path) if source_path else None,
-            output=str(output) if output is not None else None,
-            pipeline=manager.describe(),
-            steps=result.steps,
-            before=before,
-            after=after,
-            file_bytes_before=file_size_with_data(source_path) if source_path else model_byte_size(original),
-            file_bytes_after=model_byte_size(optimized),
-            latency_before=latency_before,
-            latency_after=latency_after,
-            verification=verification,
-            warnings=warnings,
-            artifacts=_plain_artifacts(ctx.artifacts),
-        )
-        _gate(report, max_abs_error, min_cosine)
-        written = None
-        if output is not None:
-            protect = [source_path] if source_path is not None and not overwrite_input else []
-            written = save_model(optimized, output, external_data=external_data, protect=protect)
-            report.file_bytes_after = file_size_with_data(written)
+            large = max(report.before.weight_bytes, report.after.weight_bytes) > LARGE_MODEL_BYTES
+            if verify:
+                report.verification = _verify(reference, staged.path, check_data, random_data, large, progress)
+            if latency:
+                _measure_latency(report, reference, staged.path, check_data.first(), large)
+            _gate(report, max_abs_error, min_cosine)
+            written = staged.commit() if output is not None else None
         report.seconds = time.perf_counter() - started
         return OptimizeResult(model=optimized, report=report, output=written)
+
+
+LARGE_MODEL_BYTES = 1 << 30
+"""Above this many bytes of weights, the two models are run one after the other
+(not side by side) so that only one is in memory at a time."""
+
+
+def _pipeline_manager(passes: Sequence[Any] | str | os.PathLike | None, checks: Sequence[Check | str] | None) -> PassManager:
+    recipe_checks = None
+    if isinstance(passes, (str, os.PathLike)) and Path(passes).suffix.lower() in (".yaml", ".yml"):
+        recipe = load_recipe(passes)
+        elements, recipe_checks = recipe.elements, recipe.checks
+    else:
+        elements = build_pipeline(passes if passes is not None else DEFAULT_PIPELINE)
+    return PassManager(elements, checks=checks if checks is not None else (recipe_checks or (Check.CHECKER,)))
+
+
+def _verify(reference, candidate: Path, data: Dataset, random_data: bool, large: bool, progress) -> VerificationSummary:
+    outputs = compare_models(reference, candidate, data, progress=progress, sequential=large)
+    return VerificationSummary(
+        data=data.description,
+        random_data=random_data,
+        samples=outputs[0].samples if outputs else 0,
+        outputs=outputs,
+        loads=check_loads(candidate),
+    )
+
+
+def _measure_latency(report: OptimizeReport, reference, candidate: Path, sample, large: bool) -> None:
+    timings = measure_latency({"before": reference, "after": candidate}, sample, interleaved=not large)
+    report.latency_before, report.latency_after = timings["before"], timings["after"]
+    if large:
+        report.warnings.append("latency measured one model after the other (large model), not interleaved")
 
 
 def _verification_data(

@@ -284,8 +284,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
-        click.echo("onnxcomp: error: interrupted; nothing was written", err=True)
+    except click.exceptions.Abort as exc:  # click turns KeyboardInterrupt into Abort
+        cause = exc.__context__
+        reason = str(cause) if isinstance(cause, Interrupted) else "interrupted; nothing was written"
+        click.echo(f"onnxcomp: error: {reason}", err=True)
         return 130
     except click.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
@@ -299,8 +301,9 @@ def main(argv: list[str] | None = None) -> int:
             logger.exception("traceback")
         click.echo(f"onnxcomp: error: {_one_line(str(exc))}", err=True)
         return exc.exit_code
-    except KeyboardInterrupt:
-        click.echo("onnxcomp: error: interrupted; nothing was written", err=True)
+    except KeyboardInterrupt as exc:
+        reason = str(exc) if isinstance(exc, Interrupted) else "interrupted; nothing was written"
+        click.echo(f"onnxcomp: error: {reason}", err=True)
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
         if _State.verbose >= 2:

@@ -64,8 +64,11 @@ class VerificationError(OnnxcompError):
     exit_code = 3
 
 
-class Interrupted(OnnxcompError):
-    """The run was interrupted by a signal; nothing was written."""
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, delivered like Ctrl-C so no ``except Exception`` swallows it.
+
+    The CLI reports it in one line and exits with 130; nothing was written.
+    """
 
     exit_code = 130
 

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
+
+from .external_data import is_pinned, to_array
 
 logger = logging.getLogger(__name__)
 
@@ -22,9 +26,26 @@ from onnx_graphsurgeon.logger import G_LOGGER  # noqa: E402
 G_LOGGER.severity = G_LOGGER.ERROR
 
 
+class PinnedValues(LazyValues):
+    """Lazily loaded values of a weight that is still on disk (see :mod:`.external_data`).
+
+    Exporting a constant that was never read hands back the original, pinned
+    TensorProto, so untouched weights never enter memory.
+    """
+
+    def load(self) -> np.ndarray:
+        return np.array(to_array(self.tensor))
+
+
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
-    """Build the mutable graph of ``model`` (weights are loaded lazily)."""
-    return gs.import_onnx(model)
+    """Build the mutable graph of ``model`` (weights are loaded lazily, on first use)."""
+    graph = gs.import_onnx(model)
+    for sub in [graph, *graph.subgraphs(recursive=True)]:
+        for tensor in sub.tensors().values():
+            values = getattr(tensor, "_values", None)
+            if isinstance(tensor, gs.Constant) and isinstance(values, LazyValues) and is_pinned(values.tensor):
+                tensor._values = PinnedValues(values.tensor)
+    return graph
 
 
 def export_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
@@ -36,8 +57,24 @@ def export_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     """
     graph.toposort(recurse_subgraphs=True)
     model = gs.export_onnx(graph, do_type_check=False)
+    _fix_rewritten_external_tensors(model)
     copy_model_fields(template, model)
     return model
+
+
+def _fix_rewritten_external_tensors(model: onnx.ModelProto) -> None:
+    """Mark weights that a pass rewrote in memory as no longer external.
+
+    onnx-graphsurgeon remembers that a constant was imported from external
+    data and stamps ``data_location = EXTERNAL`` on its export even after its
+    values were replaced in memory; such a tensor has ``raw_data`` and no
+    external references.
+    """
+    from .model_io import iter_tensors
+
+    for tensor in iter_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL and not tensor.external_data:
+            tensor.data_location = onnx.TensorProto.DEFAULT
 
 
 def copy_model_fields(source: onnx.ModelProto, target: onnx.ModelProto) -> None:

@@ -42,12 +42,22 @@ def measure_latency(
     warmup: int = 3,
     intra_op_threads: int | None = None,
     level: OptLevel = OptLevel.ALL,
+    interleaved: bool = True,
 ) -> dict[str, LatencyStats]:
     """Median latency per model, measured interleaved on ``feed``.
 
     Runs at least ``min_runs`` rounds and stops after ``budget_s`` seconds or
-    ``max_runs`` rounds.
+    ``max_runs`` rounds. With ``interleaved=False`` each model is loaded,
+    timed and released in turn (only one in memory; less fair under load).
     """
+    if not interleaved:
+        return {
+            name: measure_latency(
+                {name: model}, feed, min_runs=min_runs, max_runs=max_runs, budget_s=budget_s,
+                warmup=warmup, intra_op_threads=intra_op_threads, level=level,
+            )[name]
+            for name, model in models.items()
+        }
     sessions = {
         name: create_session(model, level=level, intra_op_threads=intra_op_threads)
         for name, model in models.items()

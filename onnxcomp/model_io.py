@@ -25,6 +25,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from .errors import InputError, OutputError
+from .external_data import copy_pinned, embedded, external_info, is_external, is_pinned, materialize, pin, relative_placeholders
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +38,14 @@ EXTERNAL_DATA_THRESHOLD = 1024
 MIN_SUPPORTED_OPSET = 7
 
 
-def load_model(path: str | os.PathLike, *, load_external_data: bool = True) -> onnx.ModelProto:
+def load_model(path: str | os.PathLike, *, load_external_data: bool = False) -> onnx.ModelProto:
     """Load and validate an ONNX model file.
 
     Args:
         path: The ``.onnx`` file.
-        load_external_data: Read external tensors into memory. With False, the
-            references are still validated but the data stays on disk.
+        load_external_data: Read external tensors into memory. By default they
+            stay on disk, pinned to their validated absolute paths (see
+            :mod:`onnxcomp.external_data`), and are read only when needed.
 
     Raises:
         InputError: The file is missing, not a regular file, empty, not an ONNX
@@ -73,8 +75,10 @@ def load_model(path: str | os.PathLike, *, load_external_data: bool = True) -> o
     _check_text_fields(model, source=str(path))
     validate_model_proto(model, source=str(path))
     check_external_data(model, path.parent, source=str(path))
-    if load_external_data and uses_external_data(model):
-        onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+    if uses_external_data(model):
+        pin(iter_tensors(model), path.parent)
+        if load_external_data:
+            materialize(iter_tensors(model))
     return model
 
 
@@ -146,7 +150,9 @@ def default_opset(model: onnx.ModelProto) -> int | None:
 def check_model(model: onnx.ModelProto, *, source: str = "model") -> None:
     """Run the ONNX checker, turning its failure into a one-line :class:`InputError`."""
     try:
-        if model_byte_size(model) > PROTOBUF_LIMIT:
+        if has_pinned_data(model):
+            _check_pinned(model)
+        elif model_byte_size(model) > PROTOBUF_LIMIT:
             with tempfile.TemporaryDirectory(prefix="onnxcomp-check-") as tmp:
                 tmp_path = Path(tmp) / "model.onnx"
                 save_model(model, tmp_path)
@@ -158,6 +164,25 @@ def check_model(model: onnx.ModelProto, *, source: str = "model") -> None:
         raise InputError(f"{source}: fails the ONNX checker: {first}") from err
     except UnicodeDecodeError as err:  # the checker's message quotes a corrupt, non-UTF-8 name
         raise InputError(f"{source}: fails the ONNX checker: a name is not valid UTF-8 (corrupt file?)") from err
+
+
+def _check_pinned(model: onnx.ModelProto) -> None:
+    """Run the checker on a model whose weights are still on disk, without copying them.
+
+    The checker insists that external data is a regular file, relative to the
+    model, at least as long as the offsets claim; a sparse placeholder file of
+    that length stands in for the weights (which were validated on load).
+    """
+    with tempfile.TemporaryDirectory(prefix="onnxcomp-check-") as tmp:
+        folder = Path(tmp)
+        with relative_placeholders(list(iter_tensors(model)), "pinned.bin") as needed:
+            with open(folder / "pinned.bin", "wb") as placeholder:
+                placeholder.truncate(needed)
+            if model_byte_size(model) > PROTOBUF_LIMIT - (1 << 24):
+                _write_external(model, folder / "model.onnx", folder / "model.data", "model.data")
+            else:
+                _write_bytes(folder / "model.onnx", model.SerializeToString())
+        onnx.checker.check_model(str(folder / "model.onnx"))
 
 
 def iter_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
@@ -189,11 +214,12 @@ def _node_tensors(node: onnx.NodeProto) -> Iterator[onnx.TensorProto]:
 
 
 def uses_external_data(model: onnx.ModelProto) -> bool:
-    return any(_is_external(t) for t in iter_tensors(model))
+    return any(is_external(t) for t in iter_tensors(model))
 
 
-def _is_external(tensor: onnx.TensorProto) -> bool:
-    return tensor.HasField("data_location") and tensor.data_location == onnx.TensorProto.EXTERNAL
+def has_pinned_data(model: onnx.ModelProto) -> bool:
+    """Whether some weights of ``model`` are still on disk (see :mod:`.external_data`)."""
+    return any(is_pinned(t) for t in iter_tensors(model))
 
 
 def check_external_data(model: onnx.ModelProto, base_dir: Path, *, source: str = "model") -> None:
@@ -207,9 +233,9 @@ def check_external_data(model: onnx.ModelProto, base_dir: Path, *, source: str =
     base_real = Path(os.path.realpath(base_dir))
     sizes: dict[Path, int] = {}
     for tensor in iter_tensors(model):
-        if not _is_external(tensor):
+        if not is_external(tensor):
             continue
-        info = {entry.key: entry.value for entry in tensor.external_data}
+        info = external_info(tensor)
         location = info.get("location", "")
         where = f"{source}: tensor '{tensor.name}' external data '{location}'"
         if not location:
@@ -259,8 +285,8 @@ def save_model(
         model: The model to write.
         path: Destination ``.onnx`` file. Its folder must exist.
         external_data: Put large tensors in ``<name>.data`` next to the model.
-            None (the default) does so only when the model is too large for a
-            single protobuf.
+            None (the default) does so when the model is too large for a single
+            protobuf or its weights are still on disk (pinned).
         protect: Files that must not be overwritten (the input model).
 
     Returns:
@@ -270,34 +296,118 @@ def save_model(
         OutputError: The destination is protected, is a directory, its folder
             does not exist or is not writable, or writing failed (disk full).
     """
-    path = Path(path)
+    with StagedModel(model, path, external_data=external_data, protect=protect) as staged:
+        return staged.commit()
+
+
+def check_output_path(path: Path, protect: Sequence[str | os.PathLike] = ()) -> Path:
+    """Fail early if ``path`` cannot receive a model; returns its folder.
+
+    Raises:
+        OutputError: ``path`` is a protected file (the input), a directory, or
+            its folder does not exist.
+    """
     for protected in protect:
         if _same_file(path, Path(protected)):
             raise OutputError(
-                f"{path}: refusing to overwrite the input model; choose another output "
-                "(or pass --overwrite-input)"
+                f"{path}: refusing to overwrite the input model; choose another output (or pass --overwrite-input)"
             )
     if path.is_dir():
         raise OutputError(f"{path}: is a directory")
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"{path}: folder {folder} does not exist")
-    if external_data is None:
-        external_data = model_byte_size(model) > PROTOBUF_LIMIT - (1 << 24)
-    data_name = f"{path.name}.data"
-    with _temporary_sibling(path) as tmp_model, _temporary_sibling(path.with_name(data_name)) as tmp_data:
+    return folder
+
+
+class StagedModel:
+    """A model written next to its destination, usable before it is committed.
+
+    The model (and its data file) are written to hidden temporary files in the
+    destination folder; :attr:`path` is a complete model onnxruntime can load,
+    so the result can be verified from disk before it replaces anything.
+    :meth:`commit` moves it into place; leaving the ``with`` block without
+    committing removes every temporary file.
+    """
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        path: str | os.PathLike,
+        *,
+        external_data: bool | None = None,
+        protect: Sequence[str | os.PathLike] = (),
+    ):
+        self.final = Path(path)
+        self.folder = check_output_path(self.final, protect)
+        if external_data is None:
+            external_data = has_pinned_data(model) or model_byte_size(model) > PROTOBUF_LIMIT - (1 << 24)
+        self.external = external_data
+        self._temps: list[Path] = []
+        self.path = self._temp(self.final.name)
+        self._data = self._temp(f"{self.final.name}.data") if external_data else None
         try:
-            if external_data:
-                _write_external(model, tmp_model, tmp_data, data_name)
+            if self._data is not None:
+                _write_external(model, self.path, self._data, self._data.name)
             else:
-                _write_bytes(tmp_model, model.SerializeToString())
-            if external_data:
-                os.replace(tmp_data, path.with_name(data_name))
-            os.replace(tmp_model, path)
+                with embedded(list(iter_tensors(model))):
+                    _write_bytes(self.path, model.SerializeToString())
         except OSError as err:
-            raise OutputError(f"{path}: cannot write ({err.strerror or err})") from err
-    _fsync_dir(folder)
-    return path
+            self.discard()
+            raise OutputError(f"{self.final}: cannot write ({err.strerror or err})") from err
+        except BaseException:
+            self.discard()
+            raise
+
+    def _temp(self, name: str) -> Path:
+        try:
+            fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.folder)
+        except OSError as err:
+            self.discard()
+            raise OutputError(f"{self.final}: cannot write in {self.folder} ({err.strerror or err})") from err
+        os.close(fd)
+        self._temps.append(Path(temp))
+        return Path(temp)
+
+    def commit(self) -> Path:
+        """Move the staged files into place (data first, then the model) and return the path."""
+        try:
+            if self._data is not None:
+                final_data = self.final.with_name(f"{self.final.name}.data")
+                relinked = self._temp(self.final.name)
+                staged = onnx.load(str(self.path), load_external_data=False)
+                for tensor in iter_tensors(staged):
+                    if is_external(tensor):
+                        _set_location(tensor, final_data.name)
+                _write_bytes(relinked, staged.SerializeToString())
+                os.replace(self._data, final_data)
+                os.replace(relinked, self.final)
+            else:
+                os.replace(self.path, self.final)
+        except OSError as err:
+            self.discard()
+            raise OutputError(f"{self.final}: cannot write ({err.strerror or err})") from err
+        self.discard()
+        _fsync_dir(self.folder)
+        return self.final
+
+    def discard(self) -> None:
+        for temp in self._temps:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+        self._temps.clear()
+
+    def __enter__(self) -> StagedModel:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard()
+
+
+def _set_location(tensor: onnx.TensorProto, location: str) -> None:
+    for entry in tensor.external_data:
+        if entry.key == "location":
+            entry.value = location
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -332,11 +442,24 @@ def _write_bytes(path: Path, data: bytes) -> None:
 
 
 def _write_external(model: onnx.ModelProto, model_path: Path, data_path: Path, location: str) -> None:
-    """Serialize with large tensors moved to ``data_path``, then restore them in memory."""
+    """Serialize with large tensors moved to ``data_path``, then restore them in memory.
+
+    Pinned tensors are streamed from their source files; in-memory tensors of
+    at least ``EXTERNAL_DATA_THRESHOLD`` bytes are written from ``raw_data``.
+    Every moved tensor is page-aligned in the data file.
+    """
     moved: list[tuple[onnx.TensorProto, bytes, bool]] = []
+    repointed: list[tuple[onnx.TensorProto, list[tuple[str, str]]]] = []
     try:
         with open(data_path, "wb") as data_file:
             for tensor in iter_tensors(model):
+                if is_pinned(tensor):
+                    repointed.append((tensor, [(e.key, e.value) for e in tensor.external_data]))
+                    data_file.write(b"\0" * ((-data_file.tell()) % 4096))
+                    offset = data_file.tell()
+                    length = copy_pinned(tensor, data_file)
+                    _point_to(tensor, location, offset, length)
+                    continue
                 if not tensor.HasField("raw_data") or len(tensor.raw_data) < EXTERNAL_DATA_THRESHOLD:
                     continue
                 raw = tensor.raw_data
@@ -347,15 +470,16 @@ def _write_external(model: onnx.ModelProto, model_path: Path, data_path: Path, l
                 data_file.write(raw)
                 moved.append((tensor, raw, had_location))
                 tensor.ClearField("raw_data")
-                tensor.data_location = onnx.TensorProto.EXTERNAL
-                del tensor.external_data[:]
-                for key, value in (("location", location), ("offset", offset + pad), ("length", len(raw))):
-                    entry = tensor.external_data.add()
-                    entry.key, entry.value = key, str(value)
+                _point_to(tensor, location, offset + pad, len(raw))
             data_file.flush()
             os.fsync(data_file.fileno())
         _write_bytes(model_path, model.SerializeToString())
     finally:
+        for tensor, entries in repointed:
+            del tensor.external_data[:]
+            for key, value in entries:
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
         for tensor, raw, had_location in moved:
             del tensor.external_data[:]
             if had_location:
@@ -363,6 +487,14 @@ def _write_external(model: onnx.ModelProto, model_path: Path, data_path: Path, l
             else:
                 tensor.ClearField("data_location")
             tensor.raw_data = raw
+
+
+def _point_to(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", offset), ("length", length)):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, str(value)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -384,8 +516,8 @@ def file_size_with_data(path: str | os.PathLike) -> int:
         return total
     seen: set[str] = set()
     for tensor in iter_tensors(model):
-        if _is_external(tensor):
-            location = {e.key: e.value for e in tensor.external_data}.get("location")
+        if is_external(tensor):
+            location = external_info(tensor).get("location")
             if location and location not in seen:
                 seen.add(location)
                 with contextlib.suppress(OSError):

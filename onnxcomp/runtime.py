@@ -19,7 +19,7 @@ import onnx
 import onnxruntime as ort
 
 from .errors import InputError
-from .model_io import PROTOBUF_LIMIT, model_byte_size, save_model
+from .model_io import PROTOBUF_LIMIT, has_pinned_data, model_byte_size, save_model
 
 
 class OptLevel(enum.Enum):
@@ -86,12 +86,16 @@ def create_session(
 
 @contextlib.contextmanager
 def _loadable(model) -> Iterator[bytes | str]:
-    """Bytes or a file path onnxruntime can read; large protos go through a temp file."""
+    """Bytes or a file path onnxruntime can read.
+
+    Protos too large for one message, or whose weights are still pinned on disk
+    (onnxruntime refuses absolute external-data paths), go through a saved copy.
+    """
     if isinstance(model, (str, os.PathLike)):
         yield str(model)
     elif isinstance(model, bytes):
         yield model
-    elif model_byte_size(model) <= PROTOBUF_LIMIT - (1 << 24):
+    elif not has_pinned_data(model) and model_byte_size(model) <= PROTOBUF_LIMIT - (1 << 24):
         yield model.SerializeToString()
     else:
         with tempfile.TemporaryDirectory(prefix="onnxcomp-ort-") as tmp:

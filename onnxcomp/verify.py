@@ -16,7 +16,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -103,31 +106,73 @@ class _Accumulator:
 
 
 def compare_models(
-    reference: onnx.ModelProto | bytes | str,
-    candidate: onnx.ModelProto | bytes | str,
+    reference: onnx.ModelProto | bytes | str | os.PathLike,
+    candidate: onnx.ModelProto | bytes | str | os.PathLike,
     data: Dataset,
     *,
     progress: ProgressFactory = null_progress,
     level: OptLevel = OptLevel.ALL,
+    sequential: bool = False,
 ) -> list[OutputComparison]:
     """Run both models on ``data`` and compare every output of the reference.
+
+    Args:
+        sequential: Run the reference over all samples first (its outputs
+            spooled to a scratch folder), then the candidate, so only one
+            model is in memory at a time (for large models).
 
     Raises:
         VerificationError: The candidate lacks an output, or gives a different
             shape, or non-finite values where the reference is finite.
+        DataError: The reference model itself fails on a sample.
     """
     ref_session = create_session(reference, level=level)
-    cand_session = create_session(candidate, level=level)
     names = [o.name for o in ref_session.get_outputs()]
-    cand_names = {o.name for o in cand_session.get_outputs()}
-    missing = [n for n in names if n not in cand_names]
+    if not sequential:
+        cand_session = create_session(candidate, level=level)
+        _check_outputs(names, cand_session)
+        pairs = (
+            (index, _run_reference(ref_session, names, feed, index), feed)
+            for index, feed in enumerate(data)
+        )
+        return _accumulate(names, pairs, cand_session, data, progress)
+    with tempfile.TemporaryDirectory(prefix="onnxcomp-verify-") as spool:
+        count = 0
+        bar = progress(data.size(), "running original", "sample")
+        for index, feed in enumerate(data):
+            values = _run_reference(ref_session, names, feed, index)
+            np.savez(Path(spool) / f"{index:08d}.npz", *values)
+            count += 1
+            bar.update(1)
+        bar.close()
+        del ref_session
+        cand_session = create_session(candidate, level=level)
+        _check_outputs(names, cand_session)
+
+        def replay():
+            for index, feed in enumerate(data):
+                with np.load(Path(spool) / f"{index:08d}.npz") as stored:
+                    yield index, [stored[f"arr_{i}"] for i in range(len(names))], feed
+
+        return _accumulate(names, replay(), cand_session, data, progress)
+
+
+def _run_reference(session, names, feed, index: int) -> list[np.ndarray]:
+    return run(session, names, feed, error=DataError, what=f"the original model on sample {index}")
+
+
+def _check_outputs(names: list[str], session) -> None:
+    available = {o.name for o in session.get_outputs()}
+    missing = [n for n in names if n not in available]
     if missing:
         raise VerificationError(f"optimized model lacks output(s) {', '.join(missing)}")
+
+
+def _accumulate(names, pairs, cand_session, data: Dataset, progress: ProgressFactory) -> list[OutputComparison]:
     accumulators = {n: _Accumulator(n) for n in names}
     bar = progress(data.size(), "verifying", "sample")
     try:
-        for index, feed in enumerate(data):
-            ref_values = run(ref_session, names, feed, error=DataError, what=f"the original model on sample {index}")
+        for index, ref_values, feed in pairs:
             cand_values = run(cand_session, names, feed, error=VerificationError, what=f"the optimized model on sample {index}")
             for name, ref, out in zip(names, ref_values, cand_values):
                 accumulators[name].add(np.asarray(ref), np.asarray(out), f"sample {index}")

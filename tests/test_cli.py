@@ -214,3 +214,21 @@ def test_installed_script_runs_as_a_subprocess(model_path, tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip() == f"onnxcomp: error: {tmp_path / 'missing.onnx'}: no such file"
+
+
+def test_optimize_model_with_external_data(tmp_path, capsys):
+    """Weights stay on disk through the run and land in the output's own data file."""
+    from onnxcomp.model_io import load_model, save_model
+
+    source_dir = tmp_path / "in"
+    source_dir.mkdir()
+    original = builders.resnet_block(seed=5)
+    save_model(original, source_dir / "net.onnx", external_data=True)
+    out = tmp_path / "out" / "net.opt.onnx"
+    out.parent.mkdir()
+    code, _, stderr = _cli(["optimize", source_dir / "net.onnx", "-o", out, "--no-latency"], capsys)
+    assert code == 0, stderr
+    assert sorted(p.name for p in out.parent.iterdir()) == ["net.opt.onnx", "net.opt.onnx.data"]
+    optimized = load_model(out, load_external_data=True)
+    builders.assert_same_outputs(original, optimized, builders.feed_for(original), atol=1e-5)
+    assert sorted(p.name for p in source_dir.iterdir()) == ["net.onnx", "net.onnx.data"]

@@ -9,6 +9,7 @@ import pytest
 
 import builders
 from onnxcomp.errors import InputError, OutputError
+from onnxcomp.external_data import to_array
 from onnxcomp.ir import export_model, import_graph
 from onnxcomp.model_io import load_model, save_model
 
@@ -84,8 +85,26 @@ def _weight_bytes() -> bytes:
 
 def test_external_data_inside_folder_loads(tmp_path):
     path = _with_external(builders.conv_bn_relu(), tmp_path, "weights.bin", write=_weight_bytes())
-    model = load_model(path)
+    model = load_model(path, load_external_data=True)
     builders.assert_same_outputs(builders.conv_bn_relu(), model, builders.feed_for(model), atol=0)
+
+
+def test_external_data_stays_on_disk_until_saved(tmp_path):
+    """By default external weights are pinned, not read; saving streams them into the new file."""
+    source = tmp_path / "src"
+    source.mkdir()
+    path = _with_external(builders.conv_bn_relu(), source, "weights.bin", write=_weight_bytes())
+    model = load_model(path)
+    w = next(t for t in model.graph.initializer if t.name == "w")
+    assert not w.raw_data and os.path.isabs(next(e.value for e in w.external_data if e.key == "location"))
+    np.testing.assert_array_equal(to_array(w).reshape(-1).view(np.uint8), np.frombuffer(_weight_bytes(), np.uint8))
+    out = save_model(model, tmp_path / "copy.onnx")
+    assert (tmp_path / "copy.onnx.data").exists(), "pinned weights are written to the new data file"
+    copy = load_model(out, load_external_data=True)
+    builders.assert_same_outputs(builders.conv_bn_relu(), copy, builders.feed_for(copy), atol=0)
+    single = save_model(model, tmp_path / "single.onnx", external_data=False)
+    builders.assert_same_outputs(builders.conv_bn_relu(), onnx.load(str(single)), builders.feed_for(copy), atol=0)
+    assert not w.raw_data, "saving must not change the in-memory model"
 
 
 @pytest.mark.parametrize("location", ["../outside.bin", "/etc/passwd", "sub/../../outside.bin"])
@@ -143,7 +162,7 @@ def test_save_with_external_data_round_trips_and_keeps_model_in_memory(tmp_path)
     out = save_model(model, tmp_path / "big.onnx", external_data=True)
     assert (tmp_path / "big.onnx.data").stat().st_size > 0
     assert model.SerializeToString() == snapshot, "saving must not modify the in-memory model"
-    reloaded = load_model(out)
+    reloaded = load_model(out, load_external_data=True)
     builders.assert_same_outputs(model, reloaded, builders.feed_for(model), atol=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
 

@@ -67,3 +67,14 @@ def test_latency_measures_both_models_interleaved():
     assert set(stats) == {"a", "b"}
     assert stats["a"].runs == stats["b"].runs == 5
     assert 0 < stats["a"].p10_ms <= stats["a"].median_ms <= stats["a"].p90_ms
+
+
+def test_sequential_comparison_matches_side_by_side():
+    side = compare_models(_scaled(1.0), _scaled(1.1), _data())
+    one_by_one = compare_models(_scaled(1.0), _scaled(1.1), _data(), sequential=True)
+    assert [c.to_dict() for c in side] == [c.to_dict() for c in one_by_one]
+
+
+def test_latency_one_model_at_a_time():
+    stats = measure_latency({"a": _scaled(1.0), "b": _scaled(2.0)}, {"x": np.ones((1, 4), np.float32)}, min_runs=3, max_runs=3, interleaved=False)
+    assert stats["a"].runs == stats["b"].runs == 3
