@@ -434,7 +434,15 @@ def _temporary_sibling(path: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def _default_mode() -> int:
+    """Permissions a newly created file gets under the current umask (e.g. 0o644)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _write_bytes(path: Path, data: bytes) -> None:
+    os.chmod(path, _default_mode())  # mkstemp creates 0600; outputs get the usual permissions
     with open(path, "wb") as f:
         f.write(data)
         f.flush()
@@ -451,6 +459,7 @@ def _write_external(model: onnx.ModelProto, model_path: Path, data_path: Path, l
     moved: list[tuple[onnx.TensorProto, bytes, bool]] = []
     repointed: list[tuple[onnx.TensorProto, list[tuple[str, str]]]] = []
     try:
+        os.chmod(data_path, _default_mode())
         with open(data_path, "wb") as data_file:
             for tensor in iter_tensors(model):
                 if is_pinned(tensor):

@@ -40,6 +40,7 @@ class OptimizeReport:
     file_bytes_after: int | None
     latency_before: LatencyStats | None = None
     latency_after: LatencyStats | None = None
+    latency_interleaved: bool = True
     verification: VerificationSummary | None = None
     warnings: list[str] = dataclasses.field(default_factory=list)
     artifacts: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -89,7 +90,8 @@ class OptimizeReport:
             )
         lines.append(_table(("", "before", "after", "after/before"), rows))
         if self.latency_before:
-            lines.append(f"latency: batch 1, {self.latency_before.runs} interleaved runs per model, onnxruntime all optimizations")
+            how = "interleaved runs per model" if self.latency_interleaved else "runs per model, one model after the other"
+            lines.append(f"latency: batch 1, {self.latency_before.runs} {how}, onnxruntime all optimizations")
         if self.verification is not None:
             v = self.verification
             lines.append("")

@@ -183,3 +183,11 @@ def test_export_keeps_model_level_fields():
     assert {p.key: p.value for p in exported.metadata_props} == {"vocab": "a b c"}
     assert [i.name for i in exported.graph.input] == ["x"]
     assert [o.name for o in exported.graph.output] == ["y"]
+
+
+def test_outputs_get_umask_permissions_not_private_temp_ones(tmp_path):
+    out = save_model(builders.resnet_block(), tmp_path / "p.onnx", external_data=True)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (out.stat().st_mode & 0o777) == (0o666 & ~mask)
+    assert ((tmp_path / "p.onnx.data").stat().st_mode & 0o777) == (0o666 & ~mask)
