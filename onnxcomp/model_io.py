@@ -442,8 +442,8 @@ def _default_mode() -> int:
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
-    os.chmod(path, _default_mode())  # mkstemp creates 0600; outputs get the usual permissions
     with open(path, "wb") as f:
+        os.fchmod(f.fileno(), _default_mode())  # mkstemp creates 0600; outputs get the usual permissions
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -459,8 +459,8 @@ def _write_external(model: onnx.ModelProto, model_path: Path, data_path: Path, l
     moved: list[tuple[onnx.TensorProto, bytes, bool]] = []
     repointed: list[tuple[onnx.TensorProto, list[tuple[str, str]]]] = []
     try:
-        os.chmod(data_path, _default_mode())
         with open(data_path, "wb") as data_file:
+            os.fchmod(data_file.fileno(), _default_mode())
             for tensor in iter_tensors(model):
                 if is_pinned(tensor):
                     repointed.append((tensor, [(e.key, e.value) for e in tensor.external_data]))
