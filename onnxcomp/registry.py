@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from onnxcomp.passes.convert_fp16 import ConvertFp16
 from onnxcomp.passes.eliminate_dead_code import EliminateDeadCode
 from onnxcomp.passes.eliminate_noops import EliminateNoOps
 from onnxcomp.passes.fold_batchnorm import FoldBatchNorm
@@ -24,6 +25,7 @@ from onnxcomp.passes.fold_channel_affine import FoldChannelAffine
 from onnxcomp.passes.fold_constants import FoldConstants
 from onnxcomp.passes.fold_pad import FoldPad
 from onnxcomp.passes.infer_shapes import InferShapes
+from onnxcomp.passes.prune_channels import PruneChannels
 from onnxcomp.passes.quantize_dynamic import QuantizeDynamic
 from onnxcomp.passes.quantize_weights import QuantizeWeights
 
@@ -40,8 +42,10 @@ PASSES: Mapping[str, type[Pass]] = {
     "fold-batchnorm": FoldBatchNorm,
     "fold-channel-affine": FoldChannelAffine,
     "fold-pad": FoldPad,
+    "prune-channels": PruneChannels,
     "quantize-dynamic": QuantizeDynamic,
     "quantize-weights": QuantizeWeights,
+    "convert-fp16": ConvertFp16,
 }
 
 
