@@ -21,32 +21,37 @@ logger = logging.getLogger(__name__)
 STUB_THRESHOLD = 4096
 """Initializers at least this many bytes are stubbed during inference."""
 
+STUB_LOCATION = "onnxcomp-stub"
+"""External-data location marking a stubbed initializer (no file has it)."""
+
 
 def stub_large_tensors(model: onnx.ModelProto, threshold: int = STUB_THRESHOLD) -> onnx.ModelProto:
-    """A copy of ``model`` whose large initializers carry dims and type but no data."""
+    """A copy of ``model`` whose large initializers carry dims and type but no data.
+
+    Stubs are marked as external data at :data:`STUB_LOCATION`. The weights are
+    never copied: they are detached from ``model`` while it is copied and put
+    back afterwards.
+    """
+    large = [
+        t for t in model.graph.initializer if t.HasField("raw_data") and len(t.raw_data) >= threshold
+    ]
+    saved = [(t, t.raw_data) for t in large]
+    for tensor in large:
+        tensor.ClearField("raw_data")
     stubbed = onnx.ModelProto()
-    stubbed.CopyFrom(model) if model.ByteSize() < (1 << 30) else _copy_without_data(model, stubbed)
-    for tensor in stubbed.graph.initializer:
-        if tensor.HasField("raw_data") and len(tensor.raw_data) >= threshold:
-            tensor.ClearField("raw_data")
-            tensor.data_location = onnx.TensorProto.EXTERNAL
-            del tensor.external_data[:]
-            entry = tensor.external_data.add()
-            entry.key, entry.value = "location", "onnxcomp-stub"
-    return stubbed
-
-
-def _copy_without_data(model: onnx.ModelProto, out: onnx.ModelProto) -> None:
-    saved = []
-    for tensor in model.graph.initializer:
-        if tensor.HasField("raw_data") and len(tensor.raw_data) >= STUB_THRESHOLD:
-            saved.append((tensor, tensor.raw_data))
-            tensor.ClearField("raw_data")
     try:
-        out.CopyFrom(model)
+        stubbed.CopyFrom(model)
     finally:
         for tensor, raw in saved:
             tensor.raw_data = raw
+    names = {t.name for t in large}
+    for tensor in stubbed.graph.initializer:
+        if tensor.name in names:
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            del tensor.external_data[:]
+            entry = tensor.external_data.add()
+            entry.key, entry.value = "location", STUB_LOCATION
+    return stubbed
 
 
 def infer_model_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
