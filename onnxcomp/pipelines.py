@@ -32,8 +32,16 @@ def pipeline_from_flags(*, prune: float | None = None, quantize: str | None = No
 
 
 def prune_items(ratio: float) -> list[Any]:
-    """Pipeline items for ``--prune RATIO``."""
-    raise UsageError("--prune is not available in this build")
+    """Pipeline items for ``--prune RATIO``: ``prune-channels`` removing that
+    fraction of every dependency group's channels (heads for attention).
+
+    With ``--calib`` data channels are ranked by their measured contribution
+    and the consuming layers are refitted by least squares; without data the
+    ranking is by weight magnitude (L2) and nothing is refitted.
+    """
+    if not 0.0 <= ratio < 1.0:
+        raise UsageError(f"--prune expects a ratio in [0, 1), got {ratio:g}")
+    return [{"prune-channels": {"ratio": ratio}}]
 
 
 def quantize_items(mode: str) -> list[Any]:

@@ -25,6 +25,7 @@ from onnxcomp.passes.fold_channel_affine import FoldChannelAffine
 from onnxcomp.passes.fold_constants import FoldConstants
 from onnxcomp.passes.fold_pad import FoldPad
 from onnxcomp.passes.infer_shapes import InferShapes
+from onnxcomp.passes.prune_channels import PruneChannels
 from onnxcomp.passes.quantize_dynamic import QuantizeDynamic
 from onnxcomp.passes.quantize_weights import QuantizeWeights
 
@@ -41,6 +42,7 @@ PASSES: Mapping[str, type[Pass]] = {
     "fold-batchnorm": FoldBatchNorm,
     "fold-channel-affine": FoldChannelAffine,
     "fold-pad": FoldPad,
+    "prune-channels": PruneChannels,
     "quantize-dynamic": QuantizeDynamic,
     "quantize-weights": QuantizeWeights,
     "convert-fp16": ConvertFp16,

@@ -1,0 +1,145 @@
+"""Importance of prunable units: low scores are removed first.
+
+Scores are computed per channel id and summed over a unit's channels, i.e.
+over every layer of the dependency group (group-summed):
+
+* ``l1`` / ``l2``: ``sum |w|`` / ``sum w^2`` of every weight slab the channel
+  owns: the producing layer's filter (row), the consuming layers' columns and
+  the depthwise filter in between.
+* ``bn-scale``: ``|gamma|`` of a BatchNormalization on the channel (network
+  slimming); only meaningful when batch norms were not folded. Groups without
+  one use ``l2``.
+* ``activation``: mean ``|x|`` of the channel at the inputs of its consuming
+  layers, measured on calibration data.
+* ``apoz``: ``1 - APoZ``, the fraction of non-zero activations there (for
+  ReLU-like activations), with mean ``|x|`` breaking ties.
+* ``contribution``: ``sum over consumers of mean|x_c| * ||W[:, c]||_2``, the
+  expected size of the channel's contribution to the next layers' outputs.
+* ``random``: a seeded control.
+
+Data criteria fall back to ``l2`` in a group where no channel was observed
+(e.g. channels only read by a LayerNorm).
+"""
+
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+
+from ..graph import constant_value
+from .analysis import Dependencies
+from .groups import Group
+from .members import AxisSlice, Role
+from .stats import ChannelStats
+
+
+class Criterion(enum.Enum):
+    AUTO = "auto"
+    L1 = "l1"
+    L2 = "l2"
+    BN_SCALE = "bn-scale"
+    ACTIVATION = "activation"
+    APOZ = "apoz"
+    CONTRIBUTION = "contribution"
+    RANDOM = "random"
+
+    @property
+    def needs_data(self) -> bool:
+        return self in (Criterion.ACTIVATION, Criterion.APOZ, Criterion.CONTRIBUTION)
+
+
+WEIGHT_ROLES = (Role.SOURCE, Role.SINK, Role.DEPTHWISE)
+
+
+def unit_scores(
+    criterion: Criterion,
+    deps: Dependencies,
+    groups: list[Group],
+    stats: dict[str, ChannelStats] | None = None,
+    seed: int = 0,
+) -> tuple[dict[int, float], list[str]]:
+    """Score of every prunable unit, and the groups that fell back to ``l2``."""
+    size = len(deps.sets)
+    if criterion is Criterion.RANDOM:
+        per_channel = np.random.default_rng(seed).random(size)
+    elif criterion in (Criterion.L1, Criterion.L2):
+        per_channel = magnitude(deps, 1 if criterion is Criterion.L1 else 2)
+    elif criterion is Criterion.BN_SCALE:
+        per_channel = bn_scale(deps)
+    else:
+        per_channel = activation_scores(criterion, deps, stats or {})
+    fallback_scores = None
+    scores: dict[int, float] = {}
+    fell_back = []
+    for group in groups:
+        values = {r: float(np.nansum(per_channel[group.unit_ids[r]])) for r in group.units}
+        observed = [r for r in group.units if np.any(np.isfinite(per_channel[group.unit_ids[r]]))]
+        if group.units and (not observed or not any(values.values())):
+            if fallback_scores is None:
+                fallback_scores = magnitude(deps, 2)
+            values = {r: float(fallback_scores[group.unit_ids[r]].sum()) for r in group.units}
+            fell_back.append(group.name)
+        scores.update(values)
+    return scores, fell_back
+
+
+def _weight_records(deps: Dependencies) -> list[AxisSlice]:
+    return [r for r in deps.records.slices if r.role in WEIGHT_ROLES and r.ids.ndim == 1]
+
+
+def magnitude(deps: Dependencies, p: int) -> np.ndarray:
+    """Per channel: sum over its weight slabs of ``|w|`` (p=1) or ``w^2`` (p=2)."""
+    out = np.zeros(len(deps.sets))
+    for record in _weight_records(deps):
+        values = np.abs(np.asarray(constant_value(record.tensor), dtype=np.float64))
+        if p == 2:
+            values = values * values
+        per_position = np.moveaxis(values, record.axes[0], 0).reshape(values.shape[record.axes[0]], -1).sum(axis=1)
+        _scatter(out, record.ids, per_position)
+    return out
+
+
+def bn_scale(deps: Dependencies) -> np.ndarray:
+    """``|gamma|`` of batch norms on each channel; NaN where there is none."""
+    out = np.full(len(deps.sets), np.nan)
+    for record in deps.records.slices:
+        if record.node.op == "BatchNormalization" and record.index == 1 and record.ids.ndim == 1:
+            gamma = np.abs(np.asarray(constant_value(record.tensor), dtype=np.float64)).reshape(-1)
+            live = record.ids >= 0
+            out[record.ids[live]] = np.where(np.isnan(out[record.ids[live]]), 0, out[record.ids[live]]) + gamma[live]
+    return out
+
+
+def activation_scores(criterion: Criterion, deps: Dependencies, stats: dict[str, ChannelStats]) -> np.ndarray:
+    """Mean |x|, 1 - APoZ or contribution per channel (NaN where not observed)."""
+    total = np.zeros(len(deps.sets))
+    count = np.zeros(len(deps.sets))
+    sinks = {id(r.node): r for r in deps.records.slices if r.role is Role.SINK and r.ids.ndim == 1}
+    for obs in deps.records.observations:
+        s = stats.get(obs.name)
+        if s is None:
+            continue
+        if criterion is Criterion.ACTIVATION:
+            value = s.mean_abs
+        elif criterion is Criterion.APOZ:
+            scale = s.mean_abs.max() or 1.0
+            value = (1.0 - s.zeros) + 1e-6 * s.mean_abs / scale
+        else:
+            record = sinks.get(id(obs.node))
+            if record is None:
+                continue
+            weight = np.asarray(constant_value(record.tensor), dtype=np.float64)
+            columns = np.moveaxis(weight, record.axes[0], 0).reshape(weight.shape[record.axes[0]], -1)
+            value = s.mean_abs * np.sqrt((columns * columns).sum(axis=1))
+        _scatter(total, obs.ids, value)
+        _scatter(count, obs.ids, np.ones_like(value))
+    if criterion is Criterion.CONTRIBUTION:
+        return np.where(count > 0, total, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _scatter(out: np.ndarray, ids: np.ndarray, values: np.ndarray) -> None:
+    live = ids >= 0
+    np.add.at(out, ids[live], values[live])

@@ -1,0 +1,213 @@
+"""Structured pruning of a graph, end to end (what the ``prune-channels`` pass runs).
+
+1. Measure concrete shapes on one probe input and analyse dependencies.
+2. Score units with the criterion (statistics from calibration data if needed).
+3. Choose per-group ratios (uniform, global, per layer, sensitivity) and the
+   level meeting a MAC or latency target, or read a pruning plan.
+4. Record the plan, rewrite the graph, then reconstruct the consuming layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..context import PassContext
+from ..data import Dataset, Feed, ValidatedDataset, input_specs
+from ..errors import UsageError
+from ..ir import export_model, import_graph
+from ..latency import measure_latency
+from ..pass_base import PassResult
+from ..shapes import clear_intermediate_shapes
+from .allocate import Allocator, search_level
+from .analysis import Dependencies, analyze
+from .config import Allocation, PruneChannelsConfig, Reconstruction
+from .criteria import Criterion, unit_scores
+from .groups import Group, build_groups, protected_sets, removal_of
+from .macs import estimate_macs, layer_macs
+from .members import Removal
+from .plan import build_plan, load_plan, removed_units
+from .reconstruct import compensate_bias, find_sinks, refit_layers
+from .rewrite import apply_removal
+from .select import select_units
+from .sensitivity import sweep
+from .shapes import concrete_shapes, probe_feed
+from .stats import collect_stats
+
+logger = logging.getLogger(__name__)
+
+ARTIFACT = "prune-channels"
+
+
+@dataclasses.dataclass
+class _Setup:
+    original: onnx.ModelProto
+    data: Dataset | None
+    feed: Feed
+    shapes: dict[str, tuple[int, ...]]
+    deps: Dependencies
+    groups: list[Group]
+    criterion: Criterion
+    reconstruction: Reconstruction
+
+
+def prune_channels(graph: gs.Graph, ctx: PassContext, config: PruneChannelsConfig) -> PassResult:
+    """Prune ``graph`` in place according to ``config``."""
+    setup = _prepare(graph, ctx, config)
+    deps, groups = setup.deps, setup.groups
+    stats = None
+    if setup.data is not None and (setup.criterion.needs_data or setup.reconstruction is not Reconstruction.NONE):
+        stats = collect_stats(setup.original, setup.data, deps.records.observations, progress=ctx.progress)
+    scores, fell_back = unit_scores(setup.criterion, deps, groups, stats, ctx.seed)
+    extra: dict[str, Any] = {}
+    if config.plan:
+        removed = removed_units(load_plan(config.plan), deps, f"pruning plan {config.plan}")
+        level = None
+    else:
+        removed, level = _choose(setup, config, ctx, scores, extra)
+    removal = removal_of(deps, removed)
+    summary = _summary(setup, config, removed, level, fell_back)
+    if not removal.any:
+        ctx.artifacts[ARTIFACT] = _artifact(setup, None, extra)
+        return PassResult(graph, False, summary)
+    plan = build_plan(deps, groups, removal)
+    sinks = find_sinks(deps, removal, stats) if setup.reconstruction is not Reconstruction.NONE else []
+    summary.update(apply_removal(deps, removal))
+    clear_intermediate_shapes(graph)
+    if setup.reconstruction is Reconstruction.BIAS:
+        summary["bias_compensated"] = compensate_bias(graph, sinks)
+    elif setup.reconstruction is Reconstruction.LEAST_SQUARES:
+        fits = refit_layers(
+            graph, ctx.export, sinks, setup.original, setup.data, ridge=config.ridge, seed=ctx.seed, progress=ctx.progress
+        )
+        summary["layers_refitted"] = len(fits)
+        if fits:
+            gains = [f["mse_after"] / f["mse_before"] for f in fits if f["mse_before"] > 0]
+            summary["refit_error_ratio_median"] = round(float(np.median(gains)), 4) if gains else None
+        extra["reconstruction"] = fits
+    ctx.artifacts[ARTIFACT] = _artifact(setup, plan, extra)
+    return PassResult(graph, True, summary)
+
+
+def _prepare(graph: gs.Graph, ctx: PassContext, config: PruneChannelsConfig) -> _Setup:
+    original = ctx.export(graph)
+    data = (
+        ValidatedDataset(ctx.data, input_specs(original), limit=config.calib_samples) if ctx.data is not None else None
+    )
+    criterion = config.criterion
+    if criterion is Criterion.AUTO:
+        criterion = Criterion.CONTRIBUTION if data is not None else Criterion.L2
+    reconstruction = config.reconstruction
+    if reconstruction is Reconstruction.AUTO:
+        reconstruction = Reconstruction.LEAST_SQUARES if data is not None else Reconstruction.NONE
+    needs = [
+        name
+        for name, wanted in (
+            (f"criterion '{criterion.value}'", criterion.needs_data),
+            (f"reconstruction '{reconstruction.value}'", reconstruction is not Reconstruction.NONE),
+            ("allocation 'sensitivity'", config.allocation is Allocation.SENSITIVITY),
+        )
+        if wanted
+    ]
+    if needs and data is None:
+        raise UsageError(f"prune-channels: {', '.join(needs)} needs calibration data (give --calib DATA)")
+    feed, assumed = probe_feed(original, data, seed=ctx.seed)
+    if assumed:
+        logger.info("pruning analysis assumed input dims %s", assumed)
+    shapes = concrete_shapes(original, feed)
+    deps = analyze(graph, shapes)
+    groups = build_groups(deps)
+    return _Setup(original, data, feed, shapes, deps, groups, criterion, reconstruction)
+
+
+def _choose(setup: _Setup, config: PruneChannelsConfig, ctx: PassContext, scores, extra) -> tuple[set[int], float]:
+    deps, groups = setup.deps, setup.groups
+    curves = None
+    if config.allocation is Allocation.SENSITIVITY:
+        allocator = Allocator(groups, scores, config)
+        curves = sweep(
+            setup.original, deps, groups, scores, setup.data,
+            eligible=allocator.sensitivity_groups, progress=ctx.progress,
+        )  # fmt: skip
+        extra["sensitivity"] = {
+            groups[i].name: dict(zip(map(str, c.ratios), map(float, c.deviations))) for i, c in curves.items()
+        }
+    allocator = Allocator(groups, scores, config, curves=curves)
+    protected = protected_sets(deps)
+
+    def choose(level: float) -> set[int]:
+        ratios = allocator.ratios(level)
+        return select_units(
+            groups, scores, ratios, round_to=config.round_to, min_channels=config.min_channels, protected=protected
+        )
+
+    level = config.ratio
+    if config.target_macs is not None:
+        base = layer_macs(setup.original, setup.feed)
+        total = max(sum(base.values()), 1)
+        level = search_level(
+            lambda lv: estimate_macs(deps, removal_of(deps, choose(lv)), base) / total,
+            config.target_macs, high=config.max_ratio,
+        )  # fmt: skip
+        extra["macs_kept_estimate"] = estimate_macs(deps, removal_of(deps, choose(level)), base) / total
+    elif config.target_latency is not None:
+        level = search_level(
+            lambda lv: _latency_ratio(setup, removal_of(deps, choose(lv))),
+            config.target_latency, high=config.max_ratio, steps=6,
+        )  # fmt: skip
+    return choose(level), level
+
+
+def _latency_ratio(setup: _Setup, removal: Removal) -> float:
+    """Measured latency of the pruned model over the unpruned one (interleaved, batch 1)."""
+    if not removal.any:
+        return 1.0
+    pruned = pruned_copy(setup.original, setup.shapes, removal)
+    timings = measure_latency({"before": setup.original, "after": pruned}, setup.feed, budget_s=1.5)
+    ratio = timings["after"].median_ms / timings["before"].median_ms
+    logger.info("latency ratio %.3f at %d removed channels", ratio, int(removal.removed.sum()))
+    return ratio
+
+
+def pruned_copy(original: onnx.ModelProto, shapes: dict, removal: Removal) -> onnx.ModelProto:
+    """``original`` with ``removal`` applied (the analysis is deterministic, so
+    channel ids match those of any other analysis of the same model)."""
+    graph = import_graph(original)
+    deps = analyze(graph, shapes)
+    if len(deps.sets) != removal.removed.size:
+        raise RuntimeError("dependency analysis is not deterministic")
+    apply_removal(deps, removal)
+    clear_intermediate_shapes(graph)
+    return export_model(graph, original)
+
+
+def _summary(setup: _Setup, config, removed: set[int], level: float | None, fell_back: list[str]) -> dict[str, Any]:
+    groups = setup.groups
+    units = sum(len(g.units) for g in groups if g.prunable)
+    summary = {
+        "criterion": setup.criterion.value,
+        "calibration": setup.data is not None,
+        "groups": len(groups),
+        "groups_pruned": sum(1 for g in groups if any(r in removed for r in g.units)),
+        "groups_frozen": sum(1 for g in groups if not g.prunable),
+        "units_removed": len(removed),
+        "units_prunable": units,
+    }
+    if level is not None and (config.target_macs is not None or config.target_latency is not None):
+        summary["ratio_found"] = round(float(level), 4)
+    if fell_back:
+        summary["groups_scored_by_l2"] = len(fell_back)
+    return summary
+
+
+def _artifact(setup: _Setup, plan, extra: dict[str, Any]) -> dict[str, Any]:
+    frozen = [{"group": g.name, "channels": g.frozen, "reasons": g.reasons} for g in setup.groups if g.frozen]
+    out = {"groups": [g.to_dict() for g in setup.groups], "frozen": frozen, **extra}
+    if plan is not None:
+        out["plan"] = plan
+    return out

@@ -1,0 +1,247 @@
+"""Post-training reconstruction of the layers that lost input channels.
+
+After pruning, a consuming layer computes ``y' = M' x' + b`` from fewer
+inputs. Two repairs, both on calibration data:
+
+* **Bias compensation** adds the mean contribution of the removed inputs:
+  ``b' = b + M[:, removed] E[x_removed]`` (for a conv, each removed channel's
+  kernel is summed; zero padding at the borders is ignored).
+* **Least squares** refits the whole layer. Layers are processed in graph
+  order; for each, the input ``x'`` comes from the *pruned* model (with the
+  layers before it already refitted, so their errors get corrected) and the
+  target ``y`` is the *original* layer's output on the same sample. With the
+  input and target means ``mu_x``, ``mu_y`` and centered moments
+  ``G = Cov(x', x')``, ``C = Cov(x', y)`` the fit is ridge-regularised towards
+  the unrefitted weights ``M0``::
+
+      M'^T = (G + lam I)^-1 (C + lam M0^T),   b' = mu_y - M' mu_x,
+      lam  = ridge * trace(G) / features
+
+  so with few samples (a classifier head sees one row per image) it stays near
+  ``M0``, and ``b'`` includes the bias compensation. A conv is fitted on
+  im2col patches at a random subset of output positions per sample.
+
+Only output channels the layer keeps are fitted. Layers of other kinds
+(grouped, transposed, 1-D/3-D convs) are left as pruned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..data import Dataset
+from ..graph import Namer, attr
+from ..progress import ProgressFactory, null_progress
+from ..runtime import OptLevel, create_session
+from .analysis import Dependencies
+from .layers import LinearView, layer_kind, read_layer, write_layer
+from .members import Removal, Role
+from .stats import ChannelStats
+from .truncate import truncated_model
+
+logger = logging.getLogger(__name__)
+
+ROWS_PER_LAYER = 4096
+"""Regression rows gathered per layer over all samples (conv output positions)."""
+
+
+@dataclasses.dataclass
+class Sink:
+    """A layer that lost input channels, captured before the rewrite."""
+
+    node: gs.Node
+    kind: str
+    kept_in: np.ndarray
+    kept_out: np.ndarray
+    original: LinearView
+    kernel: int
+    input_mean: np.ndarray | None
+
+    @property
+    def kept_features(self) -> np.ndarray:
+        return np.repeat(self.kept_in, self.kernel)
+
+
+def find_sinks(deps: Dependencies, removal: Removal, stats: dict[str, ChannelStats] | None) -> list[Sink]:
+    """Layers losing input channels that can be refitted, in graph order (call before the rewrite)."""
+    sources = {id(r.node): r for r in deps.records.slices if r.role is Role.SOURCE and r.ids.ndim == 1}
+    means = {}
+    for obs in deps.records.observations:
+        if stats and obs.name in stats:
+            means[id(obs.node)] = stats[obs.name].mean
+    order = {id(n): i for i, n in enumerate(deps.graph.nodes)}
+    sinks = []
+    for record in deps.records.slices:
+        if record.role is not Role.SINK or record.ids.ndim != 1:
+            continue
+        kept_in = removal.kept_along(record.ids, 0)
+        kind = layer_kind(record.node)
+        if kept_in.all() or kind is None:
+            continue
+        view = read_layer(record.node, kind)
+        source = sources.get(id(record.node))
+        kept_out = removal.kept_along(source.ids, 0) if source is not None else np.ones(view.matrix.shape[0], bool)
+        kernel = view.matrix.shape[1] // kept_in.size
+        sinks.append(Sink(record.node, kind, kept_in, kept_out, view, kernel, means.get(id(record.node))))
+    sinks.sort(key=lambda s: order.get(id(s.node), 0))
+    return sinks
+
+
+def compensate_bias(graph: gs.Graph, sinks: Sequence[Sink]) -> int:
+    """Add the mean contribution of removed inputs to each sink's bias; returns layers changed."""
+    namer = Namer(graph)
+    changed = 0
+    for sink in sinks:
+        if sink.input_mean is None:
+            continue
+        removed = ~sink.kept_features
+        means = np.repeat(sink.input_mean, sink.kernel)
+        delta = sink.original.matrix[sink.kept_out][:, removed] @ means[removed]
+        current = read_layer(sink.node, sink.kind)
+        write_layer(graph, namer, sink.node, sink.kind, LinearView(current.matrix, current.bias + delta))
+        changed += 1
+    return changed
+
+
+@dataclasses.dataclass
+class _Moments:
+    """Running sums for the ridge fit."""
+
+    n: int = 0
+    sx: np.ndarray | None = None
+    sy: np.ndarray | None = None
+    sxx: np.ndarray | None = None
+    sxy: np.ndarray | None = None
+    syy: float = 0.0
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        x, y = x.astype(np.float64), y.astype(np.float64)
+        if self.sx is None:
+            self.sx, self.sy = np.zeros(x.shape[1]), np.zeros(y.shape[1])
+            self.sxx, self.sxy = np.zeros((x.shape[1],) * 2), np.zeros((x.shape[1], y.shape[1]))
+        self.n += x.shape[0]
+        self.sx += x.sum(axis=0)
+        self.sy += y.sum(axis=0)
+        self.sxx += x.T @ x
+        self.sxy += x.T @ y
+        self.syy += float(np.sum(y * y))
+
+    def mse(self, view: LinearView) -> float:
+        m, b = view.matrix, view.bias
+        total = (
+            self.syy - 2 * np.sum(m * self.sxy.T) - 2 * b @ self.sy + np.sum((m @ self.sxx) * m)
+            + 2 * b @ (m @ self.sx) + self.n * b @ b
+        )
+        return float(total) / max(self.n, 1)
+
+    def solve(self, start: LinearView, ridge: float) -> LinearView:
+        n = max(self.n, 1)
+        mx, my = self.sx / n, self.sy / n
+        cov_xx = self.sxx / n - np.outer(mx, mx)
+        cov_xy = self.sxy / n - np.outer(mx, my)
+        features = cov_xx.shape[0]
+        lam = ridge * max(float(np.trace(cov_xx)) / features, 1e-12)
+        lhs = cov_xx + lam * np.eye(features)
+        fit = np.linalg.solve(lhs, cov_xy + lam * start.matrix.T)
+        return LinearView(fit.T, my - mx @ fit)
+
+
+def refit_layers(
+    graph: gs.Graph,
+    export,
+    sinks: Sequence[Sink],
+    original: onnx.ModelProto,
+    data: Dataset,
+    *,
+    ridge: float,
+    seed: int = 0,
+    progress: ProgressFactory = null_progress,
+) -> list[dict]:
+    """Least-squares refit of every sink, in order. ``export(graph)`` gives the
+    current pruned model. Returns per layer the in-sample error before/after."""
+    sinks = [s for s in sinks if s.kind is not None]
+    if not sinks:
+        return []
+    targets = _collect_targets(original, data, sinks, seed, progress)
+    namer = Namer(graph)
+    results = []
+    bar = progress(len(sinks), "reconstructing layers", "layer")
+    try:
+        for index, sink in enumerate(sinks):
+            name = sink.node.inputs[0].name
+            session = create_session(truncated_model(export(graph), [name]), level=OptLevel.ALL)
+            moments = _Moments()
+            for sample, feed in enumerate(data):
+                if sample >= len(targets[index]):
+                    break
+                rows, y = targets[index][sample]
+                x = session.run([name], feed)[0]
+                moments.add(_features(sink, x, rows), y)
+            current = read_layer(sink.node, sink.kind)
+            fitted = moments.solve(current, ridge)
+            before, after = moments.mse(_best_bias(moments, current)), moments.mse(fitted)
+            write_layer(graph, namer, sink.node, sink.kind, fitted)
+            results.append({"layer": sink.node.name, "mse_before": before, "mse_after": after})
+            bar.update(1)
+    finally:
+        bar.close()
+    return results
+
+
+def _best_bias(moments: _Moments, view: LinearView) -> LinearView:
+    """``view`` with its bias moved to the mean residual (plain bias compensation), for comparison."""
+    n = max(moments.n, 1)
+    return LinearView(view.matrix, moments.sy / n - view.matrix @ (moments.sx / n))
+
+
+def _collect_targets(original, data, sinks, seed, progress) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """Original outputs of every sink at sampled rows: per sink, per sample, (rows, y)."""
+    from ..activations import iterate_activations
+
+    names = [s.node.outputs[0].name for s in sinks]
+    size = data.size() or 64
+    per_sample = max(1, -(-ROWS_PER_LAYER // size))
+    rng = np.random.default_rng(seed)
+    out: list[list] = [[] for _ in sinks]
+    for _, values in iterate_activations(original, data, names, progress=progress, desc="reconstruction targets"):
+        for k, sink in enumerate(sinks):
+            y = values[names[k]]
+            rows_y = _output_rows(sink, y)
+            count = rows_y.shape[0]
+            rows = np.sort(rng.choice(count, size=min(per_sample, count), replace=False))
+            out[k].append((rows, rows_y[rows][:, sink.kept_out].astype(np.float32)))
+    return out
+
+
+def _output_rows(sink: Sink, y: np.ndarray) -> np.ndarray:
+    """Layer output as ``[rows, out]`` (conv: one row per batch x output position)."""
+    if sink.kind == "conv":
+        return np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
+    return y.reshape(-1, y.shape[-1])
+
+
+def _features(sink: Sink, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Input features of the layer at output ``rows``: im2col patches for a conv."""
+    if sink.kind != "conv":
+        return x.reshape(-1, x.shape[-1])[rows]
+    node = sink.node
+    kernel = [int(k) for k in np.asarray(node.inputs[1].values).shape[2:]]
+    strides = list(attr(node, "strides", [1, 1]))
+    dilations = list(attr(node, "dilations", [1, 1]))
+    pads = list(attr(node, "pads", [0, 0, 0, 0]))
+    n, c, h, w = x.shape
+    out_h = (h + pads[0] + pads[2] - dilations[0] * (kernel[0] - 1) - 1) // strides[0] + 1
+    out_w = (w + pads[1] + pads[3] - dilations[1] * (kernel[1] - 1) - 1) // strides[1] + 1
+    batch, rest = np.divmod(rows, out_h * out_w)
+    oh, ow = np.divmod(rest, out_w)
+    padded = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    ih = oh[:, None] * strides[0] + np.arange(kernel[0])[None, :] * dilations[0]
+    iw = ow[:, None] * strides[1] + np.arange(kernel[1])[None, :] * dilations[1]
+    patches = padded[batch[:, None, None, None], np.arange(c)[None, :, None, None], ih[:, None, :, None], iw[:, None, None, :]]
+    return patches.reshape(rows.size, -1)
