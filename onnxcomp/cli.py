@@ -168,6 +168,7 @@ def _image_options(size, mean, std, scale, layout, order, resize):
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output model [default: MODEL.opt.onnx].")
 @click.option("--calib", "calib", type=click.Path(path_type=Path), help="Calibration/verification data: .npz, folder of .npy/.npz, or image folder.")
 @click.option("--calib-limit", type=click.IntRange(min=1), help="Use at most this many calibration samples.")
+@click.option("--verify-data", "verify_data", type=click.Path(path_type=Path), help="Held-out data to verify on (default: the --calib data).")
 @click.option("--recipe", type=click.Path(path_type=Path), help="YAML recipe with the passes to run.")
 @click.option("--passes", "pass_list", help="Comma-separated pass or preset names (instead of the default pipeline).")
 @click.option("--prune", "prune", type=float, metavar="RATIO", help="Structured pruning: remove this fraction of prunable channels.")
@@ -190,7 +191,7 @@ def _image_options(size, mean, std, scale, layout, order, resize):
 @click.option("--image-order", type=click.Choice(["RGB", "BGR"]), default="RGB", show_default=True)
 @click.option("--image-resize", type=click.Choice(["crop", "stretch"]), default="crop", show_default=True)
 @_verbosity
-def optimize(model: Path, output: Path | None, calib: Path | None, calib_limit: int | None, recipe: Path | None,
+def optimize(model: Path, output: Path | None, calib: Path | None, calib_limit: int | None, verify_data: Path | None, recipe: Path | None,
              pass_list: str | None, prune: float | None, quantize: str | None, report_path: Path | None, verify: bool, verify_samples: int, latency: bool,
              max_abs_error: float | None, min_cosine: float | None, checks: tuple[str, ...], seed: int,
              overwrite_input: bool, input_shapes: tuple[str, ...], image_size, image_mean, image_std, image_scale,
@@ -221,6 +222,7 @@ def optimize(model: Path, output: Path | None, calib: Path | None, calib_limit: 
             output=output,
             data=calib,
             data_limit=calib_limit,
+            verify_data=verify_data,
             verify=verify,
             verify_samples=verify_samples,
             latency=latency,

@@ -232,3 +232,12 @@ def test_optimize_model_with_external_data(tmp_path, capsys):
     optimized = load_model(out, load_external_data=True)
     builders.assert_same_outputs(original, optimized, builders.feed_for(original), atol=1e-5)
     assert sorted(p.name for p in source_dir.iterdir()) == ["net.onnx", "net.onnx.data"]
+
+
+def test_verify_on_held_out_data(model_path, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", x=rng.normal(size=(4, 3, 16, 16)).astype(np.float32))
+    np.savez(tmp_path / "held_out.npz", x=rng.normal(size=(3, 3, 16, 16)).astype(np.float32))
+    code, stdout, stderr = _cli(["optimize", model_path, "-o", tmp_path / "o.onnx", "--calib", tmp_path / "calib.npz", "--verify-data", tmp_path / "held_out.npz", "--no-latency"], capsys)
+    assert code == 0, stderr
+    assert f"verification on 3 sample(s) from {tmp_path / 'held_out.npz'}" in stdout
