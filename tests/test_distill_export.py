@@ -16,7 +16,7 @@ import builders
 from onnxcomp.distill import ExportConfig, TeacherOutputs, export_teacher
 from onnxcomp.distill import files as distill_files
 from onnxcomp.distill.augment import augmentation_from_manifest
-from onnxcomp.distill.transforms import softmax
+from onnxcomp.distill.transforms import softmax, top_k_indices
 from onnxcomp.errors import DataError, InputError, OutputError, UsageError
 
 SAMPLES = 23
@@ -109,6 +109,17 @@ def test_topk_and_temperature_round_trip(tmp_path):
     np.put_along_axis(approx, order, renorm, 1)
     tv = 0.5 * np.abs(approx - full).sum(axis=1)
     assert np.all(tv <= tail + 1e-6) and np.all(tail > 0)
+
+
+def test_top_k_selection_equals_a_stable_argsort_with_ties():
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        shape = tuple(int(d) for d in rng.integers(1, 5, size=rng.integers(1, 4))) + (int(rng.integers(1, 25)),)
+        z = rng.integers(-3, 3, size=shape).astype(np.float32)  # many ties
+        axis = int(rng.integers(0, len(shape)))
+        k = int(rng.integers(1, shape[axis] + 1))
+        expected = np.take(np.argsort(-z, axis=axis, kind="stable"), np.arange(k), axis=axis)
+        np.testing.assert_array_equal(top_k_indices(z, k, axis), expected, err_msg=f"shape {shape} axis {axis} k {k}")
 
 
 def softmax_teacher(tmp_path: Path) -> Path:

@@ -125,5 +125,14 @@ def test_torch_dataset_and_kd_loss_on_an_export(tmp_path):
     assert float(loss) == pytest.approx(want, rel=1e-5)
     mixed = KDLoss(temperature=2.0, alpha=0.5)(student_logits, tb, yb)
     assert float(mixed) == pytest.approx(0.5 * want + 0.5 * math.log(10), rel=1e-5)
+    unlabeled = torch.full_like(yb, -100)
+    assert float(KDLoss(temperature=2.0, alpha=0.5)(student_logits, tb, unlabeled)) == pytest.approx(want, rel=1e-5)
+    partly = yb.clone()
+    partly[:2] = -100  # CE over the two labeled rows only
+    s = np.random.default_rng(2).normal(size=(4, 10))
+    values, indices = tb["logits.topk_values"].numpy(), tb["logits.topk_indices"].numpy()
+    expected = 0.5 * losses.topk_kd(s, values, indices, 2.0) + 0.5 * losses.cross_entropy(s[2:], yb.numpy()[2:])
+    got = KDLoss(temperature=2.0, alpha=0.5)(torch.from_numpy(s), tb, partly)
+    assert float(got) == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="labels has 5 items"):
         TeacherDataset(outputs, labels=labels[:5])

@@ -9,7 +9,7 @@ offers iteration, so this module adds what the export needs on top of it:
   else the index as a string;
 * :func:`iter_range` -- samples ``start .. stop-1``; folder sources (arrays
   or images) skip the files before ``start`` without reading them, others
-  iterate and discard;
+  iterate and discard them without validating them;
 * :func:`digest_samples` -- a SHA-256 over the samples' names, dtypes, shapes
   and bytes, stored per shard to catch data that changed between runs.
 
@@ -60,9 +60,12 @@ def iter_range(dataset: Dataset, start: int, stop: int) -> Iterator[Feed]:
         if files is not None:
             view = copy.copy(inner)
             view._files = files[start:stop]
-            for index, sample in enumerate(view, start):
-                yield validate_sample(sample, dataset.specs, f"{dataset.description}: sample {index}")
-            return
+            source = iter(view)
+        else:  # skipped samples are read but not validated
+            source = itertools.islice(iter(inner), start, stop)
+        for index, sample in enumerate(source, start):
+            yield validate_sample(sample, dataset.specs, f"{dataset.description}: sample {index}")
+        return
     yield from itertools.islice(iter(dataset), start, stop)
 
 

@@ -136,12 +136,14 @@ class KDLoss(torch.nn.Module):
 
     For teacher tensor ``key``: top-k KL when ``key.topk_values`` is present,
     else Hinton KL on the full logits ``key``, else KL to ``key.probs`` (which
-    must have been exported at this ``temperature``).
+    must have been exported at this ``temperature``). Labels equal to
+    ``ignore_index`` mark unlabeled samples: they get the KD term only (the
+    usual way to use teacher outputs on a larger unlabeled transfer set).
     """
 
-    def __init__(self, temperature: float = 4.0, alpha: float = 0.9, key: str = "logits"):
+    def __init__(self, temperature: float = 4.0, alpha: float = 0.9, key: str = "logits", ignore_index: int = -100):
         super().__init__()
-        self.temperature, self.alpha, self.key = temperature, alpha, key
+        self.temperature, self.alpha, self.key, self.ignore_index = temperature, alpha, key, ignore_index
 
     def forward(self, student_logits: torch.Tensor, teacher: Mapping[str, torch.Tensor], labels: torch.Tensor | None = None) -> torch.Tensor:
         key, t = self.key, self.temperature
@@ -153,6 +155,7 @@ class KDLoss(torch.nn.Module):
             kd = kd_from_probs(student_logits, teacher[f"{key}.probs"], t)
         else:
             raise KeyError(f"no teacher tensor for '{key}' (have {', '.join(teacher)})")
-        if labels is None or self.alpha == 1.0:
+        if labels is None or self.alpha == 1.0 or not bool((labels != self.ignore_index).any()):
             return kd
-        return self.alpha * kd + (1 - self.alpha) * F.cross_entropy(student_logits, labels.long())
+        ce = F.cross_entropy(student_logits, labels.long(), ignore_index=self.ignore_index)
+        return self.alpha * kd + (1 - self.alpha) * ce

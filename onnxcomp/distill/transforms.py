@@ -9,9 +9,10 @@ Every teacher tensor named as logits becomes one or more stored tensors:
   axis; with ``top_k`` it is ``NAME.topk_probs``, the same probabilities at
   the top-k classes only (not renormalized, so ``1 - sum`` is the tail mass).
 
-Features are stored as they are (floats in the chosen precision). Softmax and
-top-k are computed in float64 from the float32 outputs, then cast.
-``probabilities=True`` replaces ``z`` by ``log(max(p, tiny))``.
+Features are stored as they are (floats in the chosen precision). Top-k
+selects among the teacher's own float values; softmax is computed in float64;
+results are then cast. ``probabilities=True`` replaces ``z`` by
+``log(max(p, tiny))`` in the teacher's precision.
 
 Casting to float16 refuses finite values beyond its range (|x| > 65504)
 rather than storing infinities; non-finite teacher outputs are refused too.
@@ -207,10 +208,10 @@ def _cached(cache: dict, key, compute):
 
 
 def _as_logits(value: np.ndarray, probabilities: bool) -> np.ndarray:
-    z = value.astype(np.float64)
-    if probabilities:
-        z = np.log(np.maximum(z, np.finfo(np.float64).tiny))
-    return z
+    """The logits in the teacher's float precision (softmax converts to float64 itself)."""
+    if not probabilities:
+        return value
+    return np.log(np.maximum(value, np.finfo(value.dtype).tiny))
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0, axis: int = -1) -> np.ndarray:
@@ -222,9 +223,29 @@ def softmax(logits: np.ndarray, temperature: float = 1.0, axis: int = -1) -> np.
 
 
 def top_k_indices(logits: np.ndarray, k: int, axis: int) -> np.ndarray:
-    """Indices of the ``k`` largest values along ``axis``, largest first (ties: lower index first)."""
-    order = np.argsort(-logits, axis=axis, kind="stable")
-    return np.take(order, np.arange(k), axis=axis)
+    """Indices of the ``k`` largest values along ``axis``, largest first (ties: lower index first).
+
+    Same result as the first ``k`` of a stable descending argsort, in O(C + k log k)
+    per row: the k-th largest value ``v`` is found by partition; every value
+    above ``v`` is selected, then values equal to ``v`` in index order until
+    there are ``k``; the selection is sorted stably by descending value.
+    """
+    z = np.moveaxis(logits, axis, -1)
+    rows = z.reshape(-1, z.shape[-1])
+    classes = rows.shape[1]
+    if k >= classes:
+        order = np.argsort(-rows, axis=1, kind="stable")
+    else:
+        kth = -np.partition(-rows, k - 1, axis=1)[:, k - 1:k]
+        above = rows > kth
+        ties = rows == kth
+        need = k - above.sum(axis=1, keepdims=True)
+        selected = above | (ties & (np.cumsum(ties, axis=1) <= need))
+        candidates = np.nonzero(selected)[1].reshape(len(rows), k)  # ascending class index per row
+        values = np.take_along_axis(rows, candidates, axis=1)
+        order = np.take_along_axis(candidates, np.argsort(-values, axis=1, kind="stable"), axis=1)
+    order = order[:, :k].reshape(*z.shape[:-1], k)
+    return np.moveaxis(order, -1, axis)
 
 
 def _check_rows(source: str, shape: tuple[int, ...], value: np.ndarray, first_row: int, ids: Sequence[str]) -> None:
