@@ -437,3 +437,47 @@ def test_python_iterable_source_and_explicit_ids(tmp_path):
     with pytest.raises(DataError, match="unique"):
         export_teacher(teacher_file(tmp_path), [{"x": x[i:i + 1]} for i in range(4)], tmp_path / "o2", ExportConfig(), ids=["a"] * 4)
     assert not (tmp_path / "o2").exists()
+
+
+def test_image_folder_source_records_preprocessing_and_skips_unread_files(tmp_path):
+    from PIL import Image
+
+    from onnxcomp.data import input_specs, open_data
+    from onnxcomp.data_images import ImageOptions, Resize
+    from onnxcomp.distill.samples import iter_range
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
+    teacher = teacher_file(tmp_path)
+    options = ImageOptions(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), resize=Resize.STRETCH)
+    config = ExportConfig(samples_per_shard=2, batch_size=2)
+    export_teacher(teacher, folder, tmp_path / "full", config, image_options=options)
+    for part in ((1, 3), (3, 3), (2, 3)):
+        export_teacher(teacher, folder, tmp_path / "split", config, image_options=options, part=part)
+    assert shard_bytes(tmp_path / "split") == shard_bytes(tmp_path / "full")
+    outputs = TeacherOutputs(tmp_path / "full")
+    assert outputs.ids == [f"im{i}.png" for i in range(6)]
+    recorded = outputs.manifest["plan"]["preprocessing"]
+    assert recorded["source_kind"] == "ImageFolderDataset"
+    assert recorded["image_options"]["mean"] == [0.5, 0.5, 0.5] and recorded["image_options"]["resize"] == "stretch"
+    outputs.check_data(folder)  # re-read with the recorded preprocessing
+    with pytest.raises(DataError, match="differ"):
+        outputs.check_data(folder, image_options=ImageOptions(resize=Resize.STRETCH))
+
+    # Part and resume skips do not even open the files before the range:
+    (folder / "im0b.png").write_bytes(b"not a png")  # sample 1 (sorted after im0.png)
+    dataset = open_data(folder, input_specs(onnx.load(teacher)), image_options=options)
+    assert len(list(iter_range(dataset, 2, 7))) == 5
+    with pytest.raises(DataError, match="im0b.png: not a readable image"):
+        list(iter_range(dataset, 0, 3))
+
+
+def test_in_memory_teacher(tmp_path):
+    model = builders.resnet_block()
+    export_teacher(model, data_file(tmp_path), tmp_path / "out", ExportConfig())
+    outputs = TeacherOutputs(tmp_path / "out")
+    assert outputs.manifest["plan"]["teacher"]["sha256"] == hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+    outputs.check_teacher(model)
