@@ -19,6 +19,8 @@ QUANTIZE_MODES["int8-dynamic"] = lambda: ["quantize-dynamic"]
 QUANTIZE_MODES["int8-weights"] = lambda: [{"quantize-weights": {"bits": 8}}]
 QUANTIZE_MODES["int4-weights"] = lambda: [{"quantize-weights": {"bits": 4, "symmetric": False}}]
 QUANTIZE_MODES["fp16"] = lambda: ["convert-fp16"]
+QUANTIZE_MODES["codebook-256"] = lambda: [{"quantize-codebook": {"levels": 256}}]
+QUANTIZE_MODES["codebook-16"] = lambda: [{"quantize-codebook": {"levels": 16}}]
 
 
 def pipeline_from_flags(*, prune: float | None = None, quantize: str | None = None) -> list[Any]:

@@ -26,6 +26,7 @@ from onnxcomp.passes.fold_constants import FoldConstants
 from onnxcomp.passes.fold_pad import FoldPad
 from onnxcomp.passes.infer_shapes import InferShapes
 from onnxcomp.passes.prune_channels import PruneChannels
+from onnxcomp.passes.quantize_codebook import QuantizeCodebook
 from onnxcomp.passes.quantize_dynamic import QuantizeDynamic
 from onnxcomp.passes.quantize_weights import QuantizeWeights
 
@@ -46,6 +47,7 @@ PASSES: Mapping[str, type[Pass]] = {
     "quantize-dynamic": QuantizeDynamic,
     "quantize-weights": QuantizeWeights,
     "convert-fp16": ConvertFp16,
+    "quantize-codebook": QuantizeCodebook,
 }
 
 
