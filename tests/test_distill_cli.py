@@ -8,9 +8,9 @@ import sys
 
 import numpy as np
 import pytest
+from test_distill_export import data_file, samples, teacher_file
 
 from onnxcomp.cli import main
-from test_distill_export import data_file, samples, teacher_file
 
 
 def cli(args, capsys):

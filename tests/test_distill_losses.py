@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 
+import builders
 import numpy as np
 import onnx
 import pytest
 
-import builders
 from onnxcomp.distill import ExportConfig, TeacherOutputs, export_teacher, losses
 
 LN3 = math.log(3.0)
@@ -118,7 +118,7 @@ def test_torch_dataset_and_kd_loss_on_an_export(tmp_path):
     np.testing.assert_array_equal(view.numpy(), expected)
 
     loader = torch.utils.data.DataLoader(dataset, batch_size=4)
-    xb, yb, tb = next(iter(loader))
+    _, yb, tb = next(iter(loader))
     student_logits = torch.zeros(4, 10, dtype=torch.float32)
     loss = KDLoss(temperature=2.0, alpha=1.0)(student_logits, tb)
     want = losses.topk_kd(np.zeros((4, 10)), tb["logits.topk_values"].numpy(), tb["logits.topk_indices"].numpy(), 2.0)

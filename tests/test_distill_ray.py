@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_distill_export import data_file, samples, shard_bytes, teacher_file
 
 from onnxcomp.distill import ExportConfig, TeacherOutputs, export_teacher
 from onnxcomp.errors import DataError
-from test_distill_export import data_file, samples, shard_bytes, teacher_file
 
 ray = pytest.importorskip("ray")
 

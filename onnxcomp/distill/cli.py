@@ -11,7 +11,14 @@ from pathlib import Path
 
 import click
 
-from ..cli import _apply_verbosity, _image_options, _progress, _State, _verbosity, optimize
+from ..cli import (
+    _apply_verbosity,
+    _image_options,
+    _progress,
+    _State,
+    _verbosity,
+    optimize,
+)
 from ..errors import UsageError
 
 

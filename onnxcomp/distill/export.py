@@ -30,14 +30,14 @@ from ..data import Dataset, InputSpec, ValidatedDataset, input_specs, open_data
 from ..errors import DataError, OutputError, UsageError
 from ..model_io import check_model, load_model
 from ..progress import ProgressFactory, null_progress
-from .augment import CropFlip, parse_augment
+from .augment import parse_augment
 from .config import DEFAULT_SHARD_BYTES, ExportConfig
 from .files import output_error
 from .manifest import MANIFEST_NAME, Manifest, create_or_match, teacher_sha256
 from .producer import ShardProducer
 from .runner import TeacherRunner, check_tensor_names
 from .samples import check_single_row, count_samples, iter_range, sample_ids
-from .shards import PARTIAL_DIR, clear_partials, scan_shards
+from .shards import PARTIAL_DIR, clear_partials, scan_shards, shard_dir
 from .transforms import StoredTensor, plan_tensors
 
 logger = logging.getLogger(__name__)
@@ -142,6 +142,7 @@ def export_teacher(
     config = config or ExportConfig()
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
+    _check_part(part)
     model, sha = _load_teacher(teacher)
     specs = input_specs(model)
     augment = parse_augment(config.augment).bind(specs) if config.augment else None
@@ -149,22 +150,20 @@ def export_teacher(
     _check_output_folder(out)
     with tempfile.TemporaryDirectory(prefix="onnxcomp-distill-") as scratch:
         dataset = open_data(data, specs, image_options=image_options, limit=limit, workdir=Path(scratch))
-        samples = count_samples(dataset)
-        sample_names = _resolve_ids(ids, dataset, samples)
+        sample_names = _resolve_ids(ids, dataset, count_samples(dataset))
         logit_names = list(config.logits) or [o.name for o in model.graph.output]
         check_tensor_names(model, logit_names, "logits tensor")
         check_tensor_names(model, config.features, "feature")
         runner = TeacherRunner(model, [*logit_names, *config.features], specs, batch_size=config.batch_size)
         first = dataset.first()
         check_single_row(first, 0)
-        probe_feed = augment.apply(first, augment.params(first, config.seed, 0, 0)) if augment else first
-        probe = runner.probe(probe_feed)
+        probe = runner.probe(augment.apply(first, augment.params(first, config.seed, 0, 0)) if augment else first)
         tensors = plan_tensors(config, probe, logit_names, view_params=len(augment.param_names) if augment else 0)
         manifest = _build_manifest(
             model, sha, teacher, specs, config, augment, tensors, probe, logit_names, dataset, sample_names,
             image_options, preprocessing, runner.batch_size,
         )
-
+        # Everything is validated: only now does anything get written.
         _make_folder(out)
         created = create_or_match(out, manifest)
         logger.info("%s manifest %s", "created" if created else "resuming from", out / MANIFEST_NAME)
@@ -176,22 +175,22 @@ def export_teacher(
         producer = ShardProducer(runner, manifest, config, augment, out)
         bar = progress(sum(_row_count(manifest, k) for k in pending), "teacher outputs", "row")
         try:
-            if backend == "ray":
+            if backend == "local":
+                records = _export_local(producer, dataset, assigned, done, bar)
+            elif pending:
                 from .ray_backend import export_shards_ray
 
-                if pending:
-                    _verify_done(producer, dataset, assigned, done)
-                records = {} if not pending else export_shards_ray(
+                _verify_done(producer, dataset, assigned, done)
+                records = export_shards_ray(
                     teacher=model, data=data, image_options=image_options, limit=limit, manifest=manifest, config=config,
                     batch_size=runner.batch_size, pending=pending, out=out, address=ray_address, workers=workers, bar=bar,
                 )
             else:
-                records = _export_local(producer, dataset, assigned, done, bar)
+                records = {}
         finally:
             bar.close()
             with contextlib.suppress(OSError):
                 (out / PARTIAL_DIR).rmdir()  # only when empty
-    missing = [k for k in range(manifest.shard_count) if not (out / "shards" / f"{k:06d}").is_dir()]
     summary = ExportSummary(
         out=out,
         samples=manifest.samples,
@@ -199,7 +198,7 @@ def export_teacher(
         shards=manifest.shard_count,
         written=sorted(records),
         skipped=sorted(done),
-        missing=missing,
+        missing=[k for k in range(manifest.shard_count) if not shard_dir(out, k).is_dir()],
         rows_written=sum(r["rows"][1] - r["rows"][0] for r in records.values()),
         bytes_written=sum(f["bytes"] for r in records.values() for f in r["files"].values()),
         seconds=time.perf_counter() - started,
@@ -210,13 +209,17 @@ def export_teacher(
     return summary
 
 
+def _check_part(part: tuple[int, int] | None) -> None:
+    if part is not None and not (len(part) == 2 and part[1] >= 1 and 1 <= part[0] <= part[1]):
+        raise UsageError(f"shard part {part}: expected (i, n) with 1 <= i <= n")
+
+
 def part_shards(count: int, part: tuple[int, int] | None) -> list[int]:
     """Shards of part ``i`` of ``n`` (1-based): the i-th of n contiguous, near-equal blocks."""
     if part is None:
         return list(range(count))
+    _check_part(part)
     i, n = part
-    if not (n >= 1 and 1 <= i <= n):
-        raise UsageError(f"shard part {i}/{n}: expected i/n with 1 <= i <= n")
     block = list(range((i - 1) * count // n, i * count // n))
     if not block:
         logger.warning("part %d/%d gets no shard (the export has only %d); nothing to do", i, n, count)

@@ -148,7 +148,7 @@ def export_shards_ray(
                 bar.update(record["rows"][1] - record["rows"][0])
         except OnnxcompError:
             raise
-        except Exception as err:  # noqa: BLE001 - Ray wraps unexpected worker failures in its own types
+        except Exception as err:  # Ray wraps unexpected worker failures in its own types
             raise OnnxcompError(f"Ray export failed: {type(err).__name__}: {_last_line(err)}") from err
         return records
     finally:

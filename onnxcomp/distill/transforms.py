@@ -171,26 +171,28 @@ def derive(
     """
     for source, shape in source_shapes.items():
         _check_rows(source, shape, outputs[source], first_row, ids)
-    cache: dict[tuple[str, str], np.ndarray] = {}
+    logits_of: dict[str, np.ndarray] = {}  # per source, computed once
+    order_of: dict[str, np.ndarray] = {}
     stored: dict[str, np.ndarray] = {}
     for tensor in tensors:
         if tensor.kind == "view":
             continue
         value = outputs[tensor.source]
-        if tensor.kind == "feature":
-            stored[tensor.key] = _cast(value, tensor, first_row, ids)
-            continue
-        if tensor.kind == "logits" and tensor.class_axis is None:
+        if tensor.kind == "feature" or tensor.class_axis is None:
             stored[tensor.key] = _cast(value, tensor, first_row, ids)
             continue
         axis = tensor.class_axis + 1
-        logits = _cached(cache, (tensor.source, "logits"), lambda: _as_logits(value, config.probabilities))
+        if tensor.source not in logits_of:
+            logits_of[tensor.source] = _as_logits(value, config.probabilities)
+        logits = logits_of[tensor.source]
         if tensor.kind == "logits":
             stored[tensor.key] = _cast(logits, tensor, first_row, ids)
         elif tensor.kind == "probs":
             stored[tensor.key] = _cast(softmax(logits, tensor.temperature, axis), tensor, first_row, ids)
         else:
-            order = _cached(cache, (tensor.source, "topk"), lambda: top_k_indices(logits, tensor.top_k, axis))
+            if tensor.source not in order_of:
+                order_of[tensor.source] = top_k_indices(logits, tensor.top_k, axis)
+            order = order_of[tensor.source]
             if tensor.kind == "topk_indices":
                 stored[tensor.key] = order.astype(np.int32)
             elif tensor.kind == "topk_values":
@@ -199,12 +201,6 @@ def derive(
                 probs = softmax(logits, tensor.temperature, axis)
                 stored[tensor.key] = _cast(np.take_along_axis(probs, order, axis), tensor, first_row, ids)
     return stored
-
-
-def _cached(cache: dict, key, compute):
-    if key not in cache:
-        cache[key] = compute()
-    return cache[key]
 
 
 def _as_logits(value: np.ndarray, probabilities: bool) -> np.ndarray:
