@@ -22,7 +22,7 @@ from onnxcomp.context import PassContext
 from onnxcomp.errors import UsageError
 from onnxcomp.graph import Namer, is_graph_input, is_graph_output, replace_all_uses
 from onnxcomp.pass_base import Pass, PassConfig, PassResult, Stage
-from onnxcomp.quantization.codebook import Levels, add_decoder, encode
+from onnxcomp.quantization.codebook import Granularity, Levels, add_decoder, encode
 from onnxcomp.quantization.qparams import sqnr_db
 
 logger = logging.getLogger(__name__)
@@ -37,14 +37,15 @@ class QuantizeCodebookConfig(PassConfig):
     Attributes:
         levels: Codebook size, 16 (4-bit indices) or 256 (8-bit indices).
         method: ``kmeans`` (fitted levels) or ``power-of-two`` (``0, ±s/2^j``).
-        per_channel: One codebook per output channel (axis 0) instead of per tensor.
+        granularity: ``auto`` (per tensor, the better of ``tensor`` and
+            ``channel-scaled``), ``tensor``, ``channel-scaled`` or ``channel`` (see :class:`~onnxcomp.quantization.codebook.Granularity`).
         min_elements: Smaller initializers (biases, norms) stay float.
         exclude: Initializer names to keep.
     """
 
     levels: int = 256
     method: Levels = Levels.KMEANS
-    per_channel: bool = False
+    granularity: Granularity = Granularity.AUTO
     min_elements: int = 4096
     exclude: tuple[str, ...] = ()
 
@@ -77,12 +78,12 @@ class QuantizeCodebook(Pass):
         bar = ctx.progress(len(weights), "codebook", "tensor")
         for tensor in weights:
             values = np.asarray(tensor.values, dtype=np.float32)
-            coded = encode(values, levels=config.levels, method=config.method, per_channel=config.per_channel, seed=ctx.seed)
+            coded = encode(values, levels=config.levels, method=config.method, granularity=config.granularity, seed=ctx.seed)
             sqnr[tensor.name] = sqnr_db(values, coded.decoded())
             decoded = add_decoder(graph, namer, tensor.name, coded, bits=bits)
             replace_all_uses(graph, tensor, decoded)
             original += values.nbytes
-            stored += -(-coded.indices.size * bits // 8) + coded.codebook.nbytes
+            stored += -(-coded.indices.size * bits // 8) + coded.codebook.nbytes + (0 if coded.scale is None else coded.scale.nbytes)
             bar.update(1)
         bar.close()
         graph.cleanup()

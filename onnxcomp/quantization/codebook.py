@@ -7,14 +7,17 @@ float weight once, at session load (ORT_ENABLE_BASIC and above): inference
 runs the original float kernels at the original speed. It is a file-size
 feature, not a speed or memory feature.
 
-Decoder (the cheapest standard formulation found that folds; opset 11+)::
+Decoder (the cheapest standard formulation found that folds; opset 11+),
+for ``C`` rows (channels along axis 0, or 1 for the whole tensor)::
 
     256 levels: idx = Cast<int64>(Iq)                       # Iq uint8 [C, M]
     16 levels:  hi  = BitShift(P, 4, RIGHT)                  # P uint8 [C, ceil(M/2)]
                 lo  = BitShift(BitShift(P, 4, LEFT), 4, RIGHT)
                 idx = Cast<int64>(Concat(lo, hi, axis=1))    # first half low nibbles, then high
                       (Slice back to M when M is odd)
-    W = Reshape(GatherElements(codebook[C, L], idx, axis=1), shape)
+    W = GatherElements(codebook[C, L], idx, axis=1)   # a codebook per row, or
+    W = Gather(codebook[L], idx)                        # one shared codebook
+    W = Reshape(W [* scale[C, 1]], shape)               # per-row scale (channel-scaled)
 
 Levels are either fitted by 1-D k-means (Lloyd's algorithm, minimizing squared
 error, initialized at quantiles) or fixed powers of two times a scale
@@ -45,6 +48,22 @@ class Levels(enum.Enum):
 
     KMEANS = "kmeans"
     POWER_OF_TWO = "power-of-two"
+
+
+class Granularity(enum.Enum):
+    """What shares a codebook (channels are slices along axis 0).
+
+    ``tensor``: one codebook. ``channel-scaled``: one codebook for the values
+    divided by their channel's max |w|, times a per-channel scale (folded BN
+    makes channel ranges differ by orders of magnitude; this costs one float
+    per channel). ``channel``: one codebook per channel (costs ``L`` floats per
+    channel; for channels much longer than the codebook).
+    """
+
+    AUTO = "auto"
+    TENSOR = "tensor"
+    CHANNEL_SCALED = "channel-scaled"
+    CHANNEL = "channel"
 
 
 def kmeans_1d(values: np.ndarray, count: int, *, seed: int = 0) -> np.ndarray:
@@ -130,32 +149,51 @@ def assign(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass
 class CodebookWeight:
-    """A weight as ``codebook[c, indices[c, m]]``, reshaped to ``shape``.
+    """A weight as ``codebook[c, indices[c, m]] * scale[c]``, reshaped to ``shape``.
 
     Attributes:
-        indices: uint8 ``[C, M]`` (C = 1 per tensor).
-        codebook: float32 ``[C, L]``.
+        indices: uint8 ``[C, M]`` (C = 1 for one codebook over the whole tensor).
+        codebook: float32 ``[C, L]``, or ``[1, L]`` shared by all C rows.
+        scale: float32 ``[C]`` per-row scale, or None.
         shape: The original weight shape.
     """
 
     indices: np.ndarray
     codebook: np.ndarray
+    scale: np.ndarray | None
     shape: tuple[int, ...]
 
     def decoded(self) -> np.ndarray:
-        return np.take_along_axis(self.codebook, self.indices.astype(np.int64), axis=1).reshape(self.shape)
+        idx = self.indices.astype(np.int64)
+        rows = self.codebook[0][idx] if self.codebook.shape[0] != idx.shape[0] else np.take_along_axis(self.codebook, idx, axis=1)
+        if self.scale is not None:
+            rows = rows * self.scale[:, None]
+        return rows.astype(np.float32).reshape(self.shape)
 
 
-def encode(weight: np.ndarray, *, levels: int, method: Levels, per_channel: bool, seed: int = 0) -> CodebookWeight:
-    """Codebook-quantize ``weight`` (per tensor, or per output channel = axis 0)."""
-    rows = weight.reshape(weight.shape[0], -1) if per_channel and weight.ndim > 1 else weight.reshape(1, -1)
+def encode(weight: np.ndarray, *, levels: int, method: Levels, granularity: Granularity, seed: int = 0) -> CodebookWeight:
+    """Codebook-quantize ``weight`` (see :class:`Granularity`)."""
+    if granularity is Granularity.AUTO:
+        candidates = [encode(weight, levels=levels, method=method, granularity=g, seed=seed) for g in (Granularity.TENSOR, Granularity.CHANNEL_SCALED)]
+        return min(candidates, key=lambda c: float(np.sum((c.decoded().astype(np.float64) - weight) ** 2)))
+    fit = (lambda v: kmeans_1d(v, levels, seed=seed)) if method is Levels.KMEANS else (lambda v: power_of_two_levels(v, levels))
+    if granularity is Granularity.TENSOR or weight.ndim < 2:
+        rows = weight.reshape(1, -1)
+        centroids = fit(rows)
+        return CodebookWeight(assign(rows, centroids), centroids[None, :].astype(np.float32), None, tuple(weight.shape))
+    rows = weight.reshape(weight.shape[0], -1).astype(np.float32)
+    if granularity is Granularity.CHANNEL_SCALED:
+        scale = np.abs(rows).max(axis=1)
+        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        normalized = rows / scale[:, None]
+        centroids = fit(normalized)
+        return CodebookWeight(assign(normalized, centroids), centroids[None, :].astype(np.float32), scale, tuple(weight.shape))
     codebooks = np.empty((rows.shape[0], levels), np.float32)
     indices = np.empty(rows.shape, np.uint8)
     for c, row in enumerate(rows):
-        centroids = kmeans_1d(row, levels, seed=seed) if method is Levels.KMEANS else power_of_two_levels(row, levels)
-        codebooks[c] = centroids
-        indices[c] = assign(row, centroids)
-    return CodebookWeight(indices, codebooks, tuple(weight.shape))
+        codebooks[c] = fit(row)
+        indices[c] = assign(row, codebooks[c])
+    return CodebookWeight(indices, codebooks, None, tuple(weight.shape))
 
 
 def add_decoder(graph: gs.Graph, namer: Namer, base: str, weight: CodebookWeight, *, bits: int) -> gs.Variable:
@@ -170,13 +208,20 @@ def add_decoder(graph: gs.Graph, namer: Namer, base: str, weight: CodebookWeight
         nodes.extend(_nibble_unpack(namer, base, weight.indices, idx8))
     idx = gs.Variable(namer(f"{base}_idx_i64"), dtype=np.int64, shape=[channels, count])
     flat = gs.Variable(namer(f"{base}_flat"), dtype=np.float32, shape=[channels, count])
-    codebook = add_constant(namer, f"{base}_codebook", weight.codebook)
     shape = add_constant(namer, f"{base}_shape", np.asarray(weight.shape, np.int64))
-    nodes += [
-        gs.Node("Cast", namer(f"{base}_CastIndices"), attrs={"to": onnx.TensorProto.INT64}, inputs=[idx8], outputs=[idx]),
-        gs.Node("GatherElements", namer(f"{base}_Lookup"), attrs={"axis": 1}, inputs=[codebook, idx], outputs=[flat]),
-        gs.Node("Reshape", namer(f"{base}_Reshape"), inputs=[flat, shape], outputs=[out]),
-    ]
+    nodes.append(gs.Node("Cast", namer(f"{base}_CastIndices"), attrs={"to": onnx.TensorProto.INT64}, inputs=[idx8], outputs=[idx]))
+    if weight.codebook.shape[0] == channels:  # one codebook per row
+        codebook = add_constant(namer, f"{base}_codebook", weight.codebook)
+        nodes.append(gs.Node("GatherElements", namer(f"{base}_Lookup"), attrs={"axis": 1}, inputs=[codebook, idx], outputs=[flat]))
+    else:  # one codebook shared by all rows
+        codebook = add_constant(namer, f"{base}_codebook", weight.codebook[0])
+        nodes.append(gs.Node("Gather", namer(f"{base}_Lookup"), attrs={"axis": 0}, inputs=[codebook, idx], outputs=[flat]))
+    if weight.scale is not None:
+        scaled = gs.Variable(namer(f"{base}_scaled"), dtype=np.float32, shape=[channels, count])
+        scale = add_constant(namer, f"{base}_channel_scale", weight.scale.reshape(-1, 1))
+        nodes.append(gs.Node("Mul", namer(f"{base}_Scale"), inputs=[flat, scale], outputs=[scaled]))
+        flat = scaled
+    nodes.append(gs.Node("Reshape", namer(f"{base}_Reshape"), inputs=[flat, shape], outputs=[out]))
     graph.nodes.extend(nodes)
     return out
 
