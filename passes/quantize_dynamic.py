@@ -135,6 +135,7 @@ class QuantizeDynamic(Pass):
         absmax, samples = _activation_statistics(ctx, ctx.export(graph), list(groups), self.config.search_samples)
         chosen: dict[str, np.ndarray] = {}
         alphas: dict[str, float | None] = {}
+        layer_errors: dict[str, float] = {}
         for name, members in groups.items():
             if name not in absmax:
                 continue
@@ -142,10 +143,14 @@ class QuantizeDynamic(Pass):
             if self.config.smoothing is Smoothing.FIXED:
                 alphas[name] = self.config.smooth_alpha
             else:
-                alphas[name] = _best_alpha(samples[name], absmax[name], weights, self.config.per_channel)
+                alphas[name], errors = _best_alpha(samples[name], absmax[name], weights, self.config.per_channel)
+                for layer, error in zip(members, errors):
+                    layer_errors[layer.node.name] = round(error, 8)
             if alphas[name] is not None:
                 chosen[name] = smoothing_factors(absmax[name], weights, alphas[name])
         ctx.artifacts[f"{self.name}.smooth_alpha"] = alphas
+        if layer_errors:
+            ctx.artifacts[f"{self.name}.simulated_relative_error"] = layer_errors
         return chosen
 
 
@@ -168,18 +173,21 @@ def _activation_statistics(
 
 def _best_alpha(
     samples: list[np.ndarray], absmax: np.ndarray, weights: list[np.ndarray], per_channel: bool
-) -> float | None:
-    """The candidate strength (None = no smoothing) with the least relative output error summed over readers."""
+) -> tuple[float | None, list[float]]:
+    """The candidate strength (None = no smoothing) with the least relative output error
+    summed over the readers, and each reader's relative squared error with it."""
+    energies = [sum(float(np.sum((x.reshape(-1, x.shape[-1]) @ w).astype(np.float64) ** 2)) for x in samples) for w in weights]
 
-    def error(alpha: float | None) -> float:
+    def errors(alpha: float | None) -> list[float]:
         smooth = None if alpha is None else smoothing_factors(absmax, weights, alpha)
-        total = 0.0
-        for w in weights:
-            energy = sum(float(np.sum((x.reshape(-1, x.shape[-1]) @ w).astype(np.float64) ** 2)) for x in samples)
-            total += dynamic_matmul_error(samples, w, smooth, per_channel=per_channel) / max(energy, 1e-30)
-        return total
+        return [
+            dynamic_matmul_error(samples, w, smooth, per_channel=per_channel) / max(energy, 1e-30)
+            for w, energy in zip(weights, energies)
+        ]
 
-    return min((None, *SMOOTH_CANDIDATES), key=error)
+    results = {alpha: errors(alpha) for alpha in (None, *SMOOTH_CANDIDATES)}
+    best = min(results, key=lambda a: sum(results[a]))
+    return best, results[best]
 
 
 def _group_by_activation(layers: list[WeightLayer]) -> dict[str, list[WeightLayer]]:

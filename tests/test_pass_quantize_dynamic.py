@@ -126,6 +126,8 @@ def test_auto_smoothing_reduces_error_on_outlier_channels():
     smoothed, step, ctx = run_pass(m, data=calib, exclude=("pre_mm_float",))
     assert step.summary.get("smoothed_inputs", 0) >= 1
     assert any(a is not None for a in ctx.artifacts["quantize-dynamic.smooth_alpha"].values())
+    simulated = ctx.artifacts["quantize-dynamic.simulated_relative_error"]
+    assert set(simulated) == {"mm_q", "mm_k", "mm_2", "gemm"} and all(0 < e < 1e-2 for e in simulated.values())
 
     def error(q):
         errors = [relative_rms_error(builders.run(m, f)[0], builders.run(q, f)[0]) for f in held_out]
