@@ -55,6 +55,8 @@ class ExportSummary:
             (other ``--shard`` parts, or a failed run).
         topk_saving: ``1 - bytes(top-k values + indices) / bytes(full logits)``
             in the stored precision, when top-k is used.
+        setup_seconds: Part of ``seconds`` spent before the first shard
+            (loading and hashing the teacher, validating the data, the probe).
     """
 
     out: Path
@@ -69,6 +71,7 @@ class ExportSummary:
     seconds: float
     batch_size: int
     topk_saving: float | None = None
+    setup_seconds: float = 0.0
 
     @property
     def complete(self) -> bool:
@@ -174,6 +177,7 @@ def export_teacher(
         clear_partials(out, pending)
         producer = ShardProducer(runner, manifest, config, augment, out)
         bar = progress(sum(_row_count(manifest, k) for k in pending), "teacher outputs", "row")
+        setup_seconds = time.perf_counter() - started
         try:
             if backend == "local":
                 records = _export_local(producer, dataset, assigned, done, bar)
@@ -204,6 +208,7 @@ def export_teacher(
         seconds=time.perf_counter() - started,
         batch_size=runner.batch_size,
         topk_saving=manifest.info.get("topk_saving"),
+        setup_seconds=setup_seconds,
     )
     logger.info("distillation export: %s", summary.render())
     return summary
