@@ -106,3 +106,42 @@ def test_distill_help_does_not_import_the_exporter():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "export  Run TEACHER over --data" in result.stdout and result.stdout.strip().endswith("lazy")
+
+
+def slow_teacher(tmp_path):
+    """x[N,64,512] -> 30 chained MatMuls with one 512x512 weight -> y[N,64,512] (tens of ms per sample)."""
+    import builders
+    import onnx
+    from onnx import helper
+
+    weight = builders.tensor("w", (np.eye(512) + np.random.default_rng(0).normal(0, 0.01, (512, 512))).astype(np.float32) / 1.01)
+    nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"h{i - 1}", "w"], [f"h{i}" if i < 29 else "y"]) for i in range(30)]
+    model = builders.model(nodes, [builders.value("x", ["N", 64, 512])], [builders.value("y", ["N", 64, 512])], [weight])
+    onnx.save(model, tmp_path / "slow.onnx")
+    return tmp_path / "slow.onnx"
+
+
+@pytest.mark.slow
+def test_sigterm_keeps_finished_shards_and_resumes_identically(tmp_path):
+    import signal
+    import time
+
+    teacher = slow_teacher(tmp_path)
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).normal(size=(40, 64, 512)).astype(np.float32))
+    args = [sys.executable, "-m", "onnxcomp", "distill", "export", teacher, "--data", tmp_path / "d.npz", "--shard-size", "2",
+            "--batch-size", "2", "--dtype", "float16"]
+    process = subprocess.Popen([*map(str, args), "-o", str(tmp_path / "kd")], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list((tmp_path / "kd" / "shards").glob("0*"))) < 2:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert err.strip().splitlines()[-1].startswith("onnxcomp: error: interrupted; ") and "run the same command again" in err
+    kept = sorted(p.name for p in (tmp_path / "kd" / "shards").iterdir())
+    assert 2 <= len(kept) < 20, "interrupted mid-way"
+    subprocess.run([*map(str, args), "-o", str(tmp_path / "kd")], check=True, capture_output=True)
+    subprocess.run([*map(str, args), "-o", str(tmp_path / "ref")], check=True, capture_output=True)
+    from test_distill_export import shard_bytes
+
+    assert shard_bytes(tmp_path / "kd") == shard_bytes(tmp_path / "ref")

@@ -19,7 +19,7 @@ from ..cli import (
     _verbosity,
     optimize,
 )
-from ..errors import UsageError
+from ..errors import Interrupted, UsageError
 
 
 @click.group("distill")
@@ -74,12 +74,26 @@ def export_command(teacher: Path, data: Path, out: Path, logits, features, dtype
         probabilities=probabilities, class_axis=class_axis, batch_size=batch_size,
         samples_per_shard=samples_per_shard, views=views, augment=augment, seed=seed,
     )
-    summary = export_teacher(
-        teacher, data, out, config, part=_parse_part(part), image_options=_image_options_from(image), limit=limit,
-        backend=backend, ray_address=ray_address, workers=workers, progress=_progress(),
-    )
+    try:
+        summary = export_teacher(
+            teacher, data, out, config, part=_parse_part(part), image_options=_image_options_from(image), limit=limit,
+            backend=backend, ray_address=ray_address, workers=workers, progress=_progress(),
+        )
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: say what was kept
+        raise Interrupted(_interrupted(out)) from err
     if not _State.quiet:
         click.echo(summary.render())
+
+
+def _interrupted(out: Path) -> str:
+    from .manifest import MANIFEST_NAME
+    from .shards import SHARDS_DIR
+
+    if not (out / MANIFEST_NAME).exists():
+        return "interrupted; nothing was written"
+    shards = out / SHARDS_DIR
+    kept = sum(1 for p in shards.iterdir() if p.is_dir()) if shards.is_dir() else 0
+    return f"interrupted; {kept} finished shard(s) kept in {out}, nothing half-written; run the same command again to resume"
 
 
 def _image_options_from(values: dict):
