@@ -21,6 +21,7 @@ QUANTIZE_MODES["int4-weights"] = lambda: [{"quantize-weights": {"bits": 4, "symm
 QUANTIZE_MODES["fp16"] = lambda: ["convert-fp16"]
 QUANTIZE_MODES["codebook-256"] = lambda: [{"quantize-codebook": {"levels": 256}}]
 QUANTIZE_MODES["codebook-16"] = lambda: [{"quantize-codebook": {"levels": 16}}]
+QUANTIZE_MODES["int8"] = lambda: ["quantize-static"]
 
 
 def pipeline_from_flags(*, prune: float | None = None, quantize: str | None = None) -> list[Any]:

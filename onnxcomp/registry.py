@@ -28,6 +28,7 @@ from onnxcomp.passes.infer_shapes import InferShapes
 from onnxcomp.passes.prune_channels import PruneChannels
 from onnxcomp.passes.quantize_codebook import QuantizeCodebook
 from onnxcomp.passes.quantize_dynamic import QuantizeDynamic
+from onnxcomp.passes.quantize_static import QuantizeStatic
 from onnxcomp.passes.quantize_weights import QuantizeWeights
 
 from .errors import UsageError
@@ -48,6 +49,7 @@ PASSES: Mapping[str, type[Pass]] = {
     "quantize-weights": QuantizeWeights,
     "convert-fp16": ConvertFp16,
     "quantize-codebook": QuantizeCodebook,
+    "quantize-static": QuantizeStatic,
 }
 
 

@@ -1,0 +1,225 @@
+"""Static int8 quantization of a float model, from calibration statistics to Q/DQ graph.
+
+The steps, each in its own module:
+
+1. :mod:`.placement` decides which nodes run on integers and which tensors get
+   a Q/DQ pair (onnxruntime's CPU fusion rules);
+2. :mod:`.calibration` collects the statistics of those tensors in one
+   streaming pass (or they are loaded from a file);
+3. :mod:`.observers` turns statistics into ranges; points that share
+   parameters (data movement, Concat) get the union of their ranges, and
+   folded Relu/Clip points are clipped to the activation's bounds;
+4. :mod:`.weights` quantizes the weights (int8 per channel), optionally with
+   bias correction and rounding reconstruction (:mod:`.recovery`);
+5. :mod:`.qdq` writes it all into the graph.
+
+:class:`StaticQuantizer` keeps the float model and its statistics, so
+building variants (other exclusions for mixed precision) does not re-run
+calibration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Collection, Mapping
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from onnxcomp.graph import Namer, add_constant, is_onnx_op, producer
+from onnxcomp.ir import import_graph
+
+from .calibration import Observation
+from .layers import LinearLayer
+from .observers import RangeMethod, Statistics, tensor_range
+from .placement import LayerPolicy, PlacementOptions, QuantPlan, QuantPoint, clip_bounds, plan_quantization
+from .qdq import InsertionSummary, QuantizedWeight, insert_qdq
+from .qparams import QParams, QuantType, params_from_range
+from .weights import layer_weight_params, quantize_layer_weight
+
+logger = logging.getLogger(__name__)
+
+NONNEGATIVE_OPS = ("Relu", "Sigmoid", "HardSigmoid", "Softmax", "Abs", "Exp", "Sqrt")
+
+
+@dataclasses.dataclass(frozen=True)
+class StaticOptions:
+    """Numerical choices of static quantization.
+
+    Attributes:
+        method: How activation ranges are chosen from the statistics.
+        percentile: For ``method=percentile``.
+        activation_type: uint8 (onnxruntime's fast x86 kernels) or int8.
+        symmetric_activations: Zero point at the middle of the range.
+        per_channel: One weight scale per output channel (else per tensor).
+        placement: Exclusions and layer policies.
+    """
+
+    method: RangeMethod = RangeMethod.MSE
+    percentile: float = 99.99
+    activation_type: QuantType = QuantType.UINT8
+    symmetric_activations: bool = False
+    per_channel: bool = True
+    placement: PlacementOptions = PlacementOptions()
+
+
+def observations(plan: QuantPlan, channel_means_for: Collection[LinearLayer] = ()) -> list[Observation]:
+    """What calibration must observe for ``plan`` (plus input channel means of some layers)."""
+    mean_axes: dict[str, int] = {}
+    for layer in channel_means_for:
+        axis = 1 if layer.node.op == "Conv" else -1
+        mean_axes[layer.activation.name] = axis
+    result = []
+    for point in plan.points:
+        result.append(Observation(point.name, _nonnegative(point), mean_axes.pop(point.name, None)))
+    result.extend(Observation(name, False, axis) for name, axis in mean_axes.items())
+    return result
+
+
+def _nonnegative(point: QuantPoint) -> bool:
+    if point.activation is not None:
+        return True
+    node = producer(point.observed)
+    if node is None:
+        return False
+    if is_onnx_op(node, *NONNEGATIVE_OPS):
+        return True
+    if is_onnx_op(node, "Clip"):
+        bounds = clip_bounds(node)
+        return bounds is not None and bounds[0] >= 0
+    return False
+
+
+def point_range(stats: Statistics, point: QuantPoint, options: StaticOptions) -> tuple[float, float]:
+    """The calibrated range of one point, clipped to its folded activation's bounds."""
+    lo, hi = tensor_range(
+        stats,
+        stats.index(point.name),
+        options.method,
+        qtype=options.activation_type,
+        symmetric=options.symmetric_activations,
+        percentile=options.percentile,
+    )
+    if point.clip is not None:
+        lo, hi = max(lo, point.clip[0]), min(hi, point.clip[1])
+    return lo, hi
+
+
+def group_params(stats: Statistics, plan: QuantPlan, options: StaticOptions) -> list[QParams]:
+    """Activation parameters per group: the union of the members' ranges."""
+    params = []
+    for members in plan.groups:
+        ranges = [point_range(stats, plan.points[m], options) for m in members]
+        lo = min(r[0] for r in ranges)
+        hi = max(r[1] for r in ranges)
+        params.append(params_from_range(lo, hi, options.activation_type, symmetric=options.symmetric_activations))
+    return params
+
+
+def input_params(plan: QuantPlan, params: list[QParams], layer: LinearLayer) -> QParams | None:
+    """Parameters of the quantized activation a layer reads."""
+    point = _input_point(plan, layer)
+    return None if point is None else params[point.group]
+
+
+def _input_point(plan: QuantPlan, layer: LinearLayer) -> QuantPoint | None:
+    name = layer.activation.name
+    for point in plan.points:
+        if point.name == name:
+            return point
+    return None
+
+
+@dataclasses.dataclass
+class QuantizedModel:
+    """The result of one build."""
+
+    graph: gs.Graph
+    plan: QuantPlan
+    summary: InsertionSummary
+    params: list[QParams]
+
+
+class StaticQuantizer:
+    """Builds quantized graphs of one float model from its calibration statistics.
+
+    Args:
+        model: The float model (after cleanup), opset >= 10.
+        stats: Statistics of at least the tensors the plans observe.
+        options: Numerical choices.
+        opset: Default-domain opset of ``model``.
+    """
+
+    def __init__(self, model: onnx.ModelProto, stats: Statistics, options: StaticOptions, opset: int):
+        self.model = model
+        self.stats = stats
+        self.options = options
+        self.opset = opset
+
+    def plan(self, extra_exclude: Collection[str] = ()) -> tuple[gs.Graph, QuantPlan]:
+        graph = import_graph(self.model)
+        placement = self.options.placement
+        if extra_exclude:
+            placement = dataclasses.replace(placement, exclude=placement.exclude + tuple(extra_exclude))
+        if self.options.symmetric_activations:
+            placement = dataclasses.replace(placement, fold_activations=False)
+        return graph, plan_quantization(graph, placement, opset=self.opset)
+
+    def weight_params(self, layer: LinearLayer, x_params: QParams | None) -> QParams:
+        return layer_weight_params(
+            layer, None if x_params is None else x_params.scale, per_channel=self.options.per_channel and self.opset >= 13
+        )
+
+    def build(
+        self,
+        extra_exclude: Collection[str] = (),
+        weight_values: Mapping[str, np.ndarray] | None = None,
+        biases: Mapping[str, np.ndarray] | None = None,
+    ) -> QuantizedModel:
+        """Plan, compute parameters and write the Q/DQ graph.
+
+        Args:
+            extra_exclude: More node names to keep float (mixed precision).
+            weight_values: Layer name -> integer weights to use instead of
+                rounding to nearest (rounding reconstruction).
+            biases: Layer name -> float bias to use instead of the model's
+                (bias correction).
+        """
+        graph, plan = self.plan(extra_exclude)
+        missing = [p.name for p in plan.points if not self.stats.has(p.name)]
+        if missing:
+            raise KeyError(f"no statistics for tensor(s) {', '.join(missing[:5])}")
+        params = group_params(self.stats, plan, self.options)
+        weights: dict[str, QuantizedWeight] = {}
+        for layer in plan.layers:
+            if biases and layer.name in biases and layer.bias is not None:
+                _set_bias(graph, layer, biases[layer.name])
+            w_params = self.weight_params(layer, input_params(plan, params, layer))
+            values = None if weight_values is None else weight_values.get(layer.name)
+            weights[layer.name] = quantize_layer_weight(layer, w_params, values)
+        summary = insert_qdq(graph, plan, params, weights, opset=self.opset)
+        return QuantizedModel(graph, plan, summary, params)
+
+
+def _set_bias(graph: gs.Graph, layer: LinearLayer, values: np.ndarray) -> None:
+    """Give ``layer`` a private bias initializer holding ``values``."""
+    shape = np.shape(np.asarray(layer.bias.values)) if isinstance(layer.bias, gs.Constant) else (values.size,)
+    new = add_constant(Namer(graph), f"{layer.bias.name}_corrected", values.astype(np.float32).reshape(shape))
+    reader = layer.bias_node
+    for i, t in enumerate(reader.inputs):
+        if t is layer.bias:
+            reader.inputs[i] = new
+    layer.bias = new
+
+
+__all__ = [
+    "LayerPolicy",
+    "PlacementOptions",
+    "QuantizedModel",
+    "StaticOptions",
+    "StaticQuantizer",
+    "group_params",
+    "observations",
+]

@@ -1,0 +1,166 @@
+"""Static int8 quantization with QuantizeLinear/DequantizeLinear, calibrated in onnxruntime.
+
+Activations become uint8 (asymmetric, per tensor) and weights int8
+(symmetric, per output channel), placed so that onnxruntime's CPU provider
+runs integer kernels (QLinearConv, QGemm, QLinearMatMul/MatMulIntegerToFloat,
+QLinearAdd, QLinearConcat, QLinearGlobalAveragePool...): see
+:mod:`onnxcomp.quantization.placement` for the rules and
+:mod:`onnxcomp.quantization.static` for the steps.
+
+Calibration runs the float model once over the data, collecting what every
+range method needs (:mod:`onnxcomp.quantization.calibration`); with
+``statistics`` set, the statistics are read from that file when it exists
+(and matches this model) and written to it otherwise, so another ``method``
+can be tried without running the model again.
+
+Models below opset 13 are converted to opset 13 first (per-channel
+DequantizeLinear needs it) when the converted model gives the same outputs on
+the first calibration sample; otherwise weights are quantized per tensor and
+the reason is logged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+from pathlib import Path
+
+import onnx_graphsurgeon as gs
+
+from onnxcomp.context import PassContext
+from onnxcomp.errors import OutputError, UsageError
+from onnxcomp.model_io import default_opset
+from onnxcomp.pass_base import Pass, PassConfig, PassResult, Stage
+from onnxcomp.quantization.calibration import collect_statistics, model_fingerprint
+from onnxcomp.quantization.observers import RangeMethod, Statistics
+from onnxcomp.quantization.opset import ensure_opset
+from onnxcomp.quantization.placement import LayerPolicy, PlacementOptions
+from onnxcomp.quantization.qparams import QuantType
+from onnxcomp.quantization.static import StaticOptions, StaticQuantizer, observations
+
+logger = logging.getLogger(__name__)
+
+PER_CHANNEL_OPSET = 13
+
+
+class ActivationType(enum.Enum):
+    """Integer type of quantized activations."""
+
+    UINT8 = "uint8"
+    INT8 = "int8"
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeStaticConfig(PassConfig):
+    """Options of static quantization.
+
+    Attributes:
+        method: How activation ranges are chosen: minmax, moving-average,
+            percentile, entropy (KL) or mse.
+        percentile: Percentile kept for ``method=percentile`` (e.g. 99.99).
+        activations: uint8 (fastest on x86) or int8.
+        symmetric_activations: Zero point in the middle of the range (disables
+            Relu/Clip folding).
+        per_channel: One weight scale per output channel.
+        exclude: Node names (fnmatch patterns) kept in float.
+        exclude_op_types: Op types kept in float.
+        first_layer: int8 or float for the compute layers nearest the inputs.
+        last_layer: int8 or float for the compute layers nearest the outputs.
+        statistics: An ``.npz`` of calibration statistics: read if it exists,
+            else collected and written there.
+    """
+
+    method: RangeMethod = RangeMethod.MSE
+    percentile: float = 99.99
+    activations: ActivationType = ActivationType.UINT8
+    symmetric_activations: bool = False
+    per_channel: bool = True
+    exclude: tuple[str, ...] = ()
+    exclude_op_types: tuple[str, ...] = ()
+    first_layer: LayerPolicy = LayerPolicy.INT8
+    last_layer: LayerPolicy = LayerPolicy.INT8
+    statistics: str | None = None
+
+    def validate(self) -> None:
+        if not 50.0 < self.percentile <= 100.0:
+            raise ValueError(f"percentile must be in (50, 100], got {self.percentile}")
+
+    def static_options(self) -> StaticOptions:
+        return StaticOptions(
+            method=self.method,
+            percentile=self.percentile,
+            activation_type=QuantType(self.activations.value),
+            symmetric_activations=self.symmetric_activations,
+            per_channel=self.per_channel,
+            placement=PlacementOptions(
+                exclude=self.exclude,
+                exclude_op_types=self.exclude_op_types,
+                first_layer=self.first_layer,
+                last_layer=self.last_layer,
+            ),
+        )
+
+
+class QuantizeStatic(Pass):
+    """Static int8 quantization (Q/DQ) calibrated on data, fused by onnxruntime into integer kernels."""
+
+    name = "quantize-static"
+    Config = QuantizeStaticConfig
+    stage = Stage.QUANTIZE
+    needs_data = True
+
+    def call(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        data = ctx.require_data(self.name)
+        if any(node.op == "QuantizeLinear" for node in graph.nodes):
+            return PassResult(graph, False, {"skipped": "model is already quantized"})
+        ctx.infer_shapes(graph)
+        model = ctx.export(graph)
+        opset = default_opset(model) or PER_CHANNEL_OPSET
+        options = self.config.static_options()
+        if opset < PER_CHANNEL_OPSET:
+            model, opset, reason = ensure_opset(model, PER_CHANNEL_OPSET, data.first())
+            if reason:
+                logger.warning("%s: %s; weights are quantized per tensor", self.name, reason)
+        quantizer = StaticQuantizer(model, None, options, opset)
+        _, plan = quantizer.plan()
+        if not plan.points:
+            return PassResult(graph, False, {"quantized_tensors": 0})
+        quantizer.stats = self._statistics(model, data, observations(plan), ctx)
+        result = quantizer.build()
+        summary = {
+            "quantized_nodes": len(result.plan.nodes),
+            "quantized_tensors": result.summary.quantized_tensors,
+            "int8_weights": result.summary.quantized_weights,
+            "int32_biases": result.summary.int32_biases,
+            "folded_activations": result.summary.folded_activations,
+            "float_nodes": len(result.plan.skipped),
+            "calibration_samples": quantizer.stats.samples,
+        }
+        return PassResult(result.graph, True, summary)
+
+    def _statistics(self, model, data, wanted, ctx: PassContext) -> Statistics:
+        fingerprint = model_fingerprint(model)
+        path = Path(self.config.statistics) if self.config.statistics else None
+        if path is not None and path.exists():
+            try:
+                stats = Statistics.load(path)
+            except ValueError as err:
+                raise UsageError(f"{self.name}: statistics file {path}: {err}") from err
+            if stats.meta.get("model") != fingerprint:
+                raise UsageError(
+                    f"{self.name}: statistics file {path} was collected on a different model "
+                    "(or pipeline); delete it to calibrate again"
+                )
+            missing = [o.name for o in wanted if not stats.has(o.name)]
+            if missing:
+                raise UsageError(f"{self.name}: statistics file {path} lacks tensor(s) {', '.join(missing[:3])}")
+            logger.info("%s: read statistics of %d samples from %s", self.name, stats.samples, path)
+            return stats
+        stats = collect_statistics(model, data, wanted, progress=ctx.progress, providers=ctx.providers, meta={"model": fingerprint})
+        if path is not None:
+            try:
+                stats.save(path)
+            except OSError as err:
+                raise OutputError(f"{self.name}: cannot write statistics file {path}: {err}") from err
+        return stats
