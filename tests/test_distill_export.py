@@ -485,3 +485,13 @@ def test_in_memory_teacher(tmp_path):
     outputs = TeacherOutputs(tmp_path / "out")
     assert outputs.manifest["plan"]["teacher"]["sha256"] == hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
     outputs.check_teacher(model)
+
+
+
+def test_ray_backend_without_ray_is_refused_up_front(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(UsageError, match=r"needs Ray: pip install 'onnxcomp\[ray\]'"):
+        export_teacher(teacher_file(tmp_path), data_file(tmp_path), tmp_path / "out", ExportConfig(), backend="ray")
+    assert not (tmp_path / "out").exists()

@@ -7,7 +7,7 @@ import pytest
 from test_distill_export import data_file, samples, shard_bytes, teacher_file
 
 from onnxcomp.distill import ExportConfig, TeacherOutputs, export_teacher
-from onnxcomp.errors import DataError
+from onnxcomp.errors import DataError, UsageError
 
 ray = pytest.importorskip("ray")
 
@@ -44,3 +44,10 @@ def test_ray_worker_errors_keep_their_class_and_finished_shards(tmp_path, local_
     x[13, 0, 0, 0] = 0.0
     summary = export_teacher(teacher_file(tmp_path), data_file(tmp_path, x, "fixed.npz"), tmp_path / "fixed", ExportConfig(samples_per_shard=4), backend="ray")
     assert summary.complete
+
+
+def test_unpicklable_data_is_refused_before_anything_is_written(tmp_path):
+    generator = ({"x": samples(1)} for _ in range(2))
+    with pytest.raises(UsageError, match="re-opens the data in each worker"):
+        export_teacher(teacher_file(tmp_path), generator, tmp_path / "out", ExportConfig(), backend="ray")
+    assert not (tmp_path / "out").exists()

@@ -145,6 +145,10 @@ def export_teacher(
     config = config or ExportConfig()
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
+    if backend == "ray":
+        from .ray_backend import check_ready
+
+        check_ready(data)
     _check_part(part)
     model, sha = _load_teacher(teacher)
     specs = input_specs(model)

@@ -73,6 +73,20 @@ class _ShardTask:
         }
 
 
+def check_ready(data: Any) -> None:
+    """Raises UsageError unless Ray is installed and ``data`` can be sent to workers."""
+    try:
+        import ray  # noqa: F401
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise UsageError("the Ray backend needs Ray: pip install 'onnxcomp[ray]'") from None
+    if not isinstance(data, (str, os.PathLike)):
+        try:
+            pickle.dumps(data)
+        except Exception:  # noqa: BLE001 - anything that does not pickle
+            raise UsageError("the Ray backend re-opens the data in each worker: give a path or a picklable list of samples") from None
+
+
 def export_shards_ray(
     *,
     teacher: onnx.ModelProto,
@@ -95,19 +109,11 @@ def export_shards_ray(
         OnnxcompError: The onnxcomp error a worker raised (same class and
             message); other worker failures as a one-line OnnxcompError.
     """
-    try:
-        import ray
-        import ray.data
-    except ImportError:
-        raise UsageError("the Ray backend needs Ray: pip install 'onnxcomp[ray]'") from None
-    if not isinstance(data, (str, os.PathLike)):
-        try:
-            pickle.dumps(data)
-        except Exception:  # noqa: BLE001 - anything that does not pickle
-            raise UsageError("the Ray backend re-opens the data in each worker: give a path or a picklable list of samples") from None
-        data_arg = data
-    else:
-        data_arg = os.path.abspath(data)
+    check_ready(data)
+    import ray
+    import ray.data
+
+    data_arg = os.path.abspath(data) if isinstance(data, (str, os.PathLike)) else data
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
