@@ -495,3 +495,35 @@ def test_ray_backend_without_ray_is_refused_up_front(tmp_path, monkeypatch):
     with pytest.raises(UsageError, match=r"needs Ray: pip install 'onnxcomp\[ray\]'"):
         export_teacher(teacher_file(tmp_path), data_file(tmp_path), tmp_path / "out", ExportConfig(), backend="ray")
     assert not (tmp_path / "out").exists()
+
+
+def test_concurrent_parts_into_one_folder(tmp_path):
+    """Parts started at the same moment race for the manifest; the loser checks it and carries on."""
+    import threading
+
+    teacher, data = teacher_file(tmp_path), data_file(tmp_path)
+    config = ExportConfig(samples_per_shard=3, batch_size=2)
+    export_teacher(teacher, data, tmp_path / "full", config)
+    errors = []
+
+    def run(i):
+        try:
+            export_teacher(teacher, data, tmp_path / "split", config, part=(i, 3))
+        except Exception as err:  # noqa: BLE001 - reported by the assert below
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in (1, 2, 3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert shard_bytes(tmp_path / "split") == shard_bytes(tmp_path / "full")
+
+
+def test_size_only_verification_still_catches_truncation(tmp_path):
+    export_teacher(teacher_file(tmp_path), data_file(tmp_path), tmp_path / "out", ExportConfig(samples_per_shard=8))
+    victim = tmp_path / "out" / "shards" / "000001" / "t000.npy"
+    victim.write_bytes(victim.read_bytes()[:-4])
+    with pytest.raises(InputError, match=r"shard 1: file t000.npy \('logits'\) has \d+ bytes, \d+ recorded"):
+        TeacherOutputs(tmp_path / "out", verify="sizes")
