@@ -22,23 +22,22 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 
-from .. import __version__
-from ..data import Dataset, InputSpec, ValidatedDataset, input_specs, open_data
+from ..data import Dataset, input_specs, open_data
 from ..errors import DataError, OutputError, UsageError
 from ..model_io import check_model, load_model
 from ..progress import ProgressFactory, null_progress
 from .augment import parse_augment
-from .config import DEFAULT_SHARD_BYTES, ExportConfig
+from .config import ExportConfig
 from .files import output_error
 from .manifest import MANIFEST_NAME, Manifest, create_or_match, teacher_sha256
+from .plan import build_manifest
 from .producer import ShardProducer
 from .runner import TeacherRunner, check_tensor_names
 from .samples import check_single_row, count_samples, iter_range, sample_ids
 from .shards import PARTIAL_DIR, clear_partials, scan_shards, shard_dir
-from .transforms import StoredTensor, plan_tensors
+from .transforms import plan_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +165,7 @@ def export_teacher(
         check_single_row(first, 0)
         probe = runner.probe(augment.apply(first, augment.params(first, config.seed, 0, 0)) if augment else first)
         tensors = plan_tensors(config, probe, logit_names, view_params=len(augment.param_names) if augment else 0)
-        manifest = _build_manifest(
+        manifest = build_manifest(
             model, sha, teacher, specs, config, augment, tensors, probe, logit_names, dataset, sample_names,
             image_options, preprocessing, runner.batch_size,
         )
@@ -274,84 +273,6 @@ def _resolve_ids(ids: Sequence[str] | None, dataset: Dataset, count: int) -> lis
         dup = next(n for n in names if names.count(n) > 1)
         raise DataError(f"sample ids must be unique; '{dup}' repeats")
     return names
-
-
-def _describe_specs(specs: Sequence[InputSpec]) -> list[dict[str, Any]]:
-    return [{"name": s.name, "dtype": s.dtype.name, "shape": None if s.shape is None else list(s.shape)} for s in specs]
-
-
-def _graph_outputs(model: onnx.ModelProto) -> list[dict[str, Any]]:
-    outputs = []
-    for vi in model.graph.output:
-        t = vi.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim] if t.HasField("shape") else None
-        outputs.append({"name": vi.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else None, "shape": dims})
-    return outputs
-
-
-def _preprocessing(dataset: Dataset, image_options: Any, preprocessing: Mapping[str, Any] | None) -> dict[str, Any]:
-    inner = dataset.inner if isinstance(dataset, ValidatedDataset) else dataset
-    kind = type(inner).__name__
-    record: dict[str, Any] = {"source_kind": kind}
-    if kind == "ImageFolderDataset":
-        from ..data_images import ImageOptions
-
-        options = image_options or ImageOptions()
-        record["image_options"] = {k: (v.value if hasattr(v, "value") else (list(v) if isinstance(v, tuple) else v))
-                                   for k, v in dataclasses.asdict(options).items()}
-        record["image_steps"] = "decode RGB -> resize (crop: shorter side to size/crop_fraction, centre crop; stretch) -> channel order -> (pixels*scale - mean)/std -> layout, batch axis (onnxcomp.data_images)"
-    if preprocessing:
-        record["user"] = dict(preprocessing)
-    return record
-
-
-def _build_manifest(model, sha, teacher, specs, config, augment, tensors, probe, logit_names, dataset, ids,
-                    image_options, preprocessing, batch_size) -> Manifest:
-    row_bytes = sum(t.row_bytes for t in tensors)
-    samples_per_shard = config.samples_per_shard or max(1, DEFAULT_SHARD_BYTES // max(1, row_bytes * config.views))
-    samples_per_shard = min(samples_per_shard, len(ids))
-    plan = {
-        "teacher": {
-            "sha256": sha,
-            "inputs": _describe_specs(specs),
-            "outputs": _graph_outputs(model),
-            "opsets": {o.domain or "ai.onnx": o.version for o in model.opset_import},
-        },
-        "teacher_tensors": {name: {"dtype": value.dtype.name, "shape": list(value.shape[1:])} for name, value in probe.items()},
-        "settings": {
-            "logits": list(logit_names),
-            "features": list(config.features),
-            "dtype": config.dtype.value,
-            "top_k": config.top_k,
-            "temperature": config.temperature,
-            "probabilities": config.probabilities,
-            "class_axis": config.class_axis,
-        },
-        "tensors": [t.to_dict() for t in tensors],
-        "samples": {"count": len(ids), "views": config.views, "ids": list(ids)},
-        "augmentation": None if augment is None else {**augment.config(), "seed": config.seed},
-        "preprocessing": _preprocessing(dataset, image_options, preprocessing),
-        "shards": {"samples_per_shard": samples_per_shard, "count": -(-len(ids) // samples_per_shard)},
-    }
-    info = {
-        "onnxcomp_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "teacher_path": None if isinstance(teacher, onnx.ModelProto) else str(teacher),
-        "data": dataset.description,
-        "batch_size": batch_size,
-        "row_bytes": row_bytes,
-        "topk_saving": _topk_saving(tensors, probe, logit_names, config),
-    }
-    return Manifest(plan=plan, info=info)
-
-
-def _topk_saving(tensors: Sequence[StoredTensor], probe: Mapping[str, np.ndarray], logit_names, config: ExportConfig) -> float | None:
-    if config.top_k is None:
-        return None
-    itemsize = np.dtype(config.dtype.value).itemsize
-    full = sum(int(np.prod(probe[n].shape[1:])) * itemsize for n in logit_names)
-    kept = sum(t.row_bytes for t in tensors if t.kind in ("topk_values", "topk_indices"))
-    return 1.0 - kept / full
 
 
 def _export_local(producer: ShardProducer, dataset: Dataset, assigned: Sequence[int], done: Mapping[int, dict], bar) -> dict[int, dict]:

@@ -85,7 +85,6 @@ class ShardProducer:
         return digest.hexdigest()
 
     def _take(self, samples: Iterator[Feed], start: int, stop: int) -> Iterator[tuple[int, Feed]]:
-        sample = start
         for sample in range(start, stop):
             feed = next(samples, None)
             if feed is None:
