@@ -86,13 +86,17 @@ def _models():
     return torch, Teacher, Student
 
 
-def train(model, x, labels, *, seed, epochs, teacher_logits=None, lr=3e-3):
-    """Adam, batch 64. Labels of -100 are unlabelled (KD term only). Without teacher logits: cross-entropy."""
+def train(make_model, x, labels, *, seed, epochs, teacher_logits=None, lr=3e-3):
+    """A model from ``make_model()`` (initialized under ``seed``) trained with Adam, batch 64.
+
+    Labels of -100 are unlabelled (KD term only). Without teacher logits: cross-entropy.
+    """
     import torch
 
     from onnxcomp.distill.torch_adapter import KDLoss
 
     generator = torch.manual_seed(seed)
+    model = make_model()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
     xs, ys = torch.from_numpy(x), torch.from_numpy(labels)
     kd = KDLoss(temperature=TEMPERATURE, alpha=ALPHA)
@@ -136,7 +140,7 @@ def digits_kd(work: Path, seeds: int) -> None:
     x_train, x_test, y_train, y_test = digits_splits()
     print(f"\n== KD on sklearn digits: {len(x_train)} train / {len(x_test)} test images, teacher CNN -> student MLP 64-32-10 ==")
     started = time.perf_counter()
-    teacher = train(Teacher(), x_train, y_train, seed=0, epochs=40, lr=1e-3)
+    teacher = train(Teacher, x_train, y_train, seed=0, epochs=40, lr=1e-3)
     teacher_path = export_onnx(teacher, work / "teacher.onnx")
     np.savez(work / "train.npz", x=x_train)
     np.savez(work / "calib.npz", x=x_train[:128])
@@ -163,8 +167,8 @@ def digits_kd(work: Path, seeds: int) -> None:
     for name, regime in regimes.items():
         plain, distilled = [], []
         for seed in range(seeds):
-            a = train(Student(), regime["labels_x"], regime["labels_y"], seed=seed, epochs=regime["labels_epochs"])
-            b = train(Student(), x_train, regime["kd_y"], seed=seed, epochs=150, teacher_logits=teacher_logits)
+            a = train(Student, regime["labels_x"], regime["labels_y"], seed=seed, epochs=regime["labels_epochs"])
+            b = train(Student, x_train, regime["kd_y"], seed=seed, epochs=150, teacher_logits=teacher_logits)
             plain.append(_torch_accuracy(a, x_test, y_test))
             distilled.append(_torch_accuracy(b, x_test, y_test))
             if kd_student is None and regime["kd_y"] is y_partial:
