@@ -33,11 +33,14 @@ from onnxcomp.errors import OutputError, UsageError
 from onnxcomp.model_io import default_opset
 from onnxcomp.pass_base import Pass, PassConfig, PassResult, Stage
 from onnxcomp.quantization.calibration import collect_statistics, model_fingerprint
+from onnxcomp.quantization.holdout import split_holdout
 from onnxcomp.quantization.observers import RangeMethod, Statistics
 from onnxcomp.quantization.opset import ensure_opset
 from onnxcomp.quantization.placement import LayerPolicy, PlacementOptions
 from onnxcomp.quantization.qparams import QuantType
-from onnxcomp.quantization.static import StaticOptions, StaticQuantizer, observations
+from onnxcomp.quantization.sensitivity import Evaluator, Metric, choose_float_layers
+from onnxcomp.quantization.sqnr_report import sqnr_rows, tensor_sqnr
+from onnxcomp.quantization.static import StaticOptions, StaticQuantizer, compute_layer_names, observations
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +72,15 @@ class QuantizeStaticConfig(PassConfig):
         last_layer: int8 or float for the compute layers nearest the outputs.
         statistics: An ``.npz`` of calibration statistics: read if it exists,
             else collected and written there.
+        max_drop: Mixed precision: keep the most sensitive compute layers
+            float until the ``metric`` drop on held-out samples is at most this
+            (every 5th sample, up to ``holdout`` of them, is held out of
+            calibration for it).
+        metric: cosine, kl or top1 (see :mod:`onnxcomp.quantization.sensitivity`).
+        holdout: Held-out samples for ``max_drop``.
+        max_float_layers: Stop mixed precision after this many float layers.
+        report_samples: Samples for the per-tensor SQNR report (0: none);
+            held-out ones when there are, else the first calibration samples.
     """
 
     method: RangeMethod = RangeMethod.MSE
@@ -81,10 +93,21 @@ class QuantizeStaticConfig(PassConfig):
     first_layer: LayerPolicy = LayerPolicy.INT8
     last_layer: LayerPolicy = LayerPolicy.INT8
     statistics: str | None = None
+    max_drop: float | None = None
+    metric: Metric = Metric.COSINE
+    holdout: int = 32
+    max_float_layers: int | None = None
+    report_samples: int = 4
 
     def validate(self) -> None:
         if not 50.0 < self.percentile <= 100.0:
             raise ValueError(f"percentile must be in (50, 100], got {self.percentile}")
+        if self.max_drop is not None and self.max_drop < 0:
+            raise ValueError(f"max_drop must be >= 0, got {self.max_drop}")
+        if self.holdout < 1:
+            raise ValueError(f"holdout must be >= 1, got {self.holdout}")
+        if self.report_samples < 0:
+            raise ValueError(f"report_samples must be >= 0, got {self.report_samples}")
 
     def static_options(self) -> StaticOptions:
         return StaticOptions(
@@ -117,24 +140,34 @@ class QuantizeStatic(Pass):
         ctx.infer_shapes(graph)
         model = ctx.export(graph)
         opset = default_opset(model) or PER_CHANNEL_OPSET
-        options = self.config.static_options()
         if opset < PER_CHANNEL_OPSET:
             model, opset, reason = ensure_opset(model, PER_CHANNEL_OPSET, data.first())
             if reason:
                 logger.warning("%s: %s; weights are quantized per tensor", self.name, reason)
-        quantizer = StaticQuantizer(model, None, options, opset)
+        quantizer = StaticQuantizer(model, None, self.config.static_options(), opset)
         _, plan = quantizer.plan()
         if not plan.points:
             return PassResult(graph, False, {"quantized_tensors": 0})
-        quantizer.stats = self._statistics(model, data, observations(plan), ctx)
-        result = quantizer.build()
+        calibration_data, held_out = data, []
+        if self.config.max_drop is not None:
+            calibration_data, held_out = split_holdout(data, limit=self.config.holdout)
+        quantizer.stats = self._statistics(model, calibration_data, observations(plan), ctx)
+        artifacts: dict = {"calibration_samples": quantizer.stats.samples}
+        excluded: list[str] = []
+        if self.config.max_drop is not None:
+            excluded = self._mixed_precision(quantizer, plan, held_out, ctx, artifacts)
+        result = quantizer.build(extra_exclude=excluded)
+        if self.config.report_samples:
+            feeds = held_out[: self.config.report_samples] or [f for _, f in zip(range(self.config.report_samples), data)]
+            artifacts["sqnr"] = self._report(model, ctx.export(result.graph), result, feeds)
+        ctx.artifacts[self.name] = artifacts
         summary = {
             "quantized_nodes": len(result.plan.nodes),
             "quantized_tensors": result.summary.quantized_tensors,
             "int8_weights": result.summary.quantized_weights,
             "int32_biases": result.summary.int32_biases,
             "folded_activations": result.summary.folded_activations,
-            "float_nodes": len(result.plan.skipped),
+            "float_layers": len(excluded),
             "calibration_samples": quantizer.stats.samples,
         }
         return PassResult(result.graph, True, summary)
@@ -164,3 +197,35 @@ class QuantizeStatic(Pass):
             except OSError as err:
                 raise OutputError(f"{self.name}: cannot write statistics file {path}: {err}") from err
         return stats
+
+    def _mixed_precision(self, quantizer: StaticQuantizer, plan, held_out, ctx: PassContext, artifacts: dict) -> list[str]:
+        """Layers to keep float so the held-out drop is at most ``max_drop``."""
+        evaluator = Evaluator(quantizer.model, held_out, self.config.metric)
+        layers = compute_layer_names(plan)
+
+        def drop_with_float(names) -> float:
+            return evaluator.drop(ctx.export(quantizer.build(extra_exclude=names).graph))
+
+        def drop_with_only(name: str) -> float:
+            return drop_with_float([n for n in layers if n != name])
+
+        choice = choose_float_layers(
+            layers, drop_with_float, drop_with_only, self.config.max_drop,
+            max_float=self.config.max_float_layers, progress=ctx.progress,
+        )
+        artifacts["mixed_precision"] = {
+            "metric": self.config.metric.value,
+            "held_out_samples": len(held_out),
+            "all_int8_drop": round(choice.all_int8_drop, 6),
+            "drop": round(choice.drop, 6),
+            "float_layers": choice.float_layers,
+            "sensitivity": {k: round(v, 6) for k, v in sorted(choice.sensitivity.items(), key=lambda kv: -kv[1])},
+        }
+        return choice.float_layers
+
+    def _report(self, model, quantized, result, feeds) -> list[dict]:
+        sqnr = tensor_sqnr(model, quantized, result.summary.dq_names, feeds)
+        rows = sqnr_rows(model, sqnr)
+        worst = sorted((r for r in rows if isinstance(r["sqnr_db"], float)), key=lambda r: r["sqnr_db"])[:3]
+        logger.info("lowest SQNR: %s", ", ".join(f"{r['tensor']} {r['sqnr_db']} dB" for r in worst))
+        return rows

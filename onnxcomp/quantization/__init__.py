@@ -15,5 +15,8 @@ Static int8 quantization (``quantize-static``):
 * :mod:`.calibration` — one in-graph, streaming calibration pass; statistics files.
 * :mod:`.weights`, :mod:`.qdq` — integer weights, int32 biases, writing Q/DQ nodes.
 * :mod:`.opset` — verified opset conversion for per-channel Q/DQ.
+* :mod:`.sensitivity`, :mod:`.holdout` — output metrics, per-layer sensitivity,
+  mixed precision (``max_drop``) on held-out samples.
+* :mod:`.sqnr_report` — per-tensor SQNR of the quantized model against float.
 * :mod:`.static` — the steps put together (:class:`~.static.StaticQuantizer`).
 """

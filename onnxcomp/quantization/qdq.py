@@ -165,10 +165,11 @@ def insert_qdq(
         keep = point.activation is not None and not activation_redundant(point, params)
         if point.activation is not None and not keep:
             summary.folded_activations += 1
+        name = point.name  # before insertion: a graph output passes its name on to the DQ output
         if point.group not in constants:
-            constants[point.group] = _scalar_constants(namer, point.name, params)
+            constants[point.group] = _scalar_constants(namer, name, params)
         dq_out = _insert_pair(graph, namer, point, constants[point.group], keep)
-        summary.dq_names[point.name] = dq_out.name
+        summary.dq_names[name] = dq_out.name
         x_params_of[dq_out.name] = params
         summary.quantized_tensors += 1
     written = set()

@@ -34,7 +34,7 @@ from onnxcomp.ir import import_graph
 from .calibration import Observation
 from .layers import LinearLayer
 from .observers import RangeMethod, Statistics, tensor_range
-from .placement import LayerPolicy, PlacementOptions, QuantPlan, QuantPoint, clip_bounds, plan_quantization
+from .placement import OP_RULES, LayerPolicy, PlacementOptions, QuantPlan, QuantPoint, clip_bounds, plan_quantization
 from .qdq import InsertionSummary, QuantizedWeight, insert_qdq
 from .qparams import QParams, QuantType, params_from_range
 from .weights import layer_weight_params, quantize_layer_weight
@@ -130,6 +130,11 @@ def _input_point(plan: QuantPlan, layer: LinearLayer) -> QuantPoint | None:
         if point.name == name:
             return point
     return None
+
+
+def compute_layer_names(plan: QuantPlan) -> list[str]:
+    """Names of the plan's quantized compute layers (Conv, Gemm, MatMul), the units of mixed precision."""
+    return [n.name for n in plan.nodes if OP_RULES[n.op].compute and n.name]
 
 
 @dataclasses.dataclass
