@@ -28,6 +28,7 @@ from .ocr import (
     ocr_fonts,
     rec_preprocess,
     render_line,
+    render_page,
     resize_bilinear,
 )
 from .text import documentation_sentences, text_lines
@@ -58,6 +59,7 @@ __all__ = [
     "preprocess",
     "rec_preprocess",
     "render_line",
+    "render_page",
     "resize_bilinear",
     "sentence_embeddings",
     "text_lines",

@@ -311,3 +311,27 @@ def char_accuracy(pred: str, truth: str) -> float:
     if not truth:
         return 1.0 if not pred else 0.0
     return max(0.0, 1.0 - edit_distance(pred, truth) / len(truth))
+
+
+def render_page(lines: Sequence[str], seed: int = 0, width: int = 800) -> np.ndarray:
+    """Renders text lines one under the other on a light page, as a document photo.
+
+    Each line is drawn by :func:`render_line` (its own font, size, colours and
+    noise from ``seed``) at a random left indent, with a gap that keeps lines
+    apart for a detector. The page background is a light grey paper tone.
+
+    Returns:
+        uint8 ``HxWx3`` RGB page, lines top to bottom in the given order.
+    """
+    rng = np.random.default_rng(seed)
+    images = [render_line(text, seed=seed * 1000 + i) for i, text in enumerate(lines)]
+    images = [img[:, : width - 40] for img in images]
+    gap = 24
+    height = sum(img.shape[0] for img in images) + gap * (len(images) + 1)
+    page = np.full((height, width, 3), int(rng.integers(225, 256)), np.uint8)
+    y = gap
+    for img in images:
+        x = int(rng.integers(10, 31))
+        page[y : y + img.shape[0], x : x + img.shape[1]] = img
+        y += img.shape[0] + gap
+    return page
