@@ -56,10 +56,29 @@ def export_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     require a newer one.
     """
     graph.toposort(recurse_subgraphs=True)
+    _pack_4bit_constants(graph)
     model = gs.export_onnx(graph, do_type_check=False)
     _fix_rewritten_external_tensors(model)
     copy_model_fields(template, model)
     return model
+
+
+def _pack_4bit_constants(graph: gs.Graph) -> None:
+    """Give int4/uint4 constants a properly packed TensorProto before export.
+
+    ONNX stores 4-bit tensors two elements per byte (low nibble first), but
+    onnx-graphsurgeon exports a numpy array of ``ml_dtypes.int4`` with
+    ``tobytes()``, one element per byte, which onnx refuses. ``from_array``
+    packs correctly; the constant keeps lazily decodable values.
+    """
+    import ml_dtypes
+
+    four_bit = {np.dtype(ml_dtypes.int4), np.dtype(ml_dtypes.uint4)}
+    for sub in [graph, *graph.subgraphs(recursive=True)]:
+        for tensor in sub.tensors().values():
+            values = getattr(tensor, "_values", None)
+            if isinstance(tensor, gs.Constant) and isinstance(values, np.ndarray) and values.dtype in four_bit:
+                tensor._values = LazyValues(onnx.numpy_helper.from_array(values, tensor.name))
 
 
 def _fix_rewritten_external_tensors(model: onnx.ModelProto) -> None:

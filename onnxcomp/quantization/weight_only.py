@@ -329,8 +329,10 @@ def raise_opset(model: onnx.ModelProto, target: int, feed: dict[str, np.ndarray]
     """
     from onnxcomp.runtime import OptLevel, create_session
 
+    from onnxcomp.opset import convert_opset
+
     try:
-        converted = onnx.version_converter.convert_version(model, target)
+        converted = convert_opset(model, target)  # large weights stay out of the converter
     except Exception as err:  # the converter raises several unrelated types
         raise ValueError(f"onnx's version converter cannot raise the opset to {target}: {' '.join(str(err).split())[:200]}") from err
     from onnxcomp.errors import InputError

@@ -1,0 +1,25 @@
+"""Graph import/export details: 4-bit constants, rewritten external weights."""
+
+import ml_dtypes
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import helper
+
+import builders
+from onnxcomp.ir import export_model, import_graph
+
+
+def test_int4_constants_set_by_a_pass_export_packed():
+    q = np.array([[-8, -1, 0, 7, 3]], dtype=np.int8)
+    nodes = [helper.make_node("DequantizeLinear", ["q", "s"], ["w"], axis=0), helper.make_node("Add", ["x", "w"], ["y"])]
+    inits = [builders.tensor("q", np.zeros((1, 5), np.int8)), builders.tensor("s", np.array([0.5], np.float32))]
+    model = builders.model(nodes, [builders.value("x", [1, 5])], [builders.value("y", [1, 5])], inits, opset=21)
+    graph = import_graph(model)
+    graph.tensors()["q"].values = q.astype(ml_dtypes.int4)  # as a quantizing pass would
+    exported = export_model(graph, model)
+    onnx.checker.check_model(exported)
+    stored = next(t for t in exported.graph.initializer if t.name == "q")
+    assert stored.data_type == onnx.TensorProto.INT4 and len(stored.raw_data) == 3  # 5 nibbles -> 3 bytes
+    (y,) = builders.run(exported, {"x": np.zeros((1, 5), np.float32)})
+    np.testing.assert_array_equal(y, q.astype(np.float32) * 0.5)
