@@ -22,6 +22,14 @@ QUANTIZE_MODES["fp16"] = lambda: ["convert-fp16"]
 QUANTIZE_MODES["codebook-256"] = lambda: [{"quantize-codebook": {"levels": 256}}]
 QUANTIZE_MODES["codebook-16"] = lambda: [{"quantize-codebook": {"levels": 16}}]
 QUANTIZE_MODES["int8"] = lambda: ["quantize-static"]
+QUANTIZE_MODES["int8-accurate"] = lambda: [
+    "equalize-cross-layer",
+    {"quantize-static": {"rounding": "reconstruct", "bias_correction": True}},
+]
+QUANTIZE_MODES["int8-mixed"] = lambda: [
+    "equalize-cross-layer",
+    {"quantize-static": {"rounding": "reconstruct", "bias_correction": True, "max_drop": 0.01, "metric": "kl"}},
+]
 
 
 def pipeline_from_flags(*, prune: float | None = None, quantize: str | None = None) -> list[Any]:

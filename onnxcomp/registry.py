@@ -20,6 +20,7 @@ from typing import Any
 from onnxcomp.passes.convert_fp16 import ConvertFp16
 from onnxcomp.passes.eliminate_dead_code import EliminateDeadCode
 from onnxcomp.passes.eliminate_noops import EliminateNoOps
+from onnxcomp.passes.equalize_cross_layer import EqualizeCrossLayer
 from onnxcomp.passes.fold_batchnorm import FoldBatchNorm
 from onnxcomp.passes.fold_channel_affine import FoldChannelAffine
 from onnxcomp.passes.fold_constants import FoldConstants
@@ -50,6 +51,7 @@ PASSES: Mapping[str, type[Pass]] = {
     "convert-fp16": ConvertFp16,
     "quantize-codebook": QuantizeCodebook,
     "quantize-static": QuantizeStatic,
+    "equalize-cross-layer": EqualizeCrossLayer,
 }
 
 

@@ -33,18 +33,34 @@ from onnxcomp.errors import OutputError, UsageError
 from onnxcomp.model_io import default_opset
 from onnxcomp.pass_base import Pass, PassConfig, PassResult, Stage
 from onnxcomp.quantization.calibration import collect_statistics, model_fingerprint
+from onnxcomp.quantization.bias_correction import corrected_biases, input_channel_means
 from onnxcomp.quantization.holdout import split_holdout
+from onnxcomp.quantization.reconstruction import input_hessians, reconstructed_values
 from onnxcomp.quantization.observers import RangeMethod, Statistics
 from onnxcomp.quantization.opset import ensure_opset
 from onnxcomp.quantization.placement import LayerPolicy, PlacementOptions
 from onnxcomp.quantization.qparams import QuantType
 from onnxcomp.quantization.sensitivity import Evaluator, Metric, choose_float_layers
 from onnxcomp.quantization.sqnr_report import sqnr_rows, tensor_sqnr
-from onnxcomp.quantization.static import StaticOptions, StaticQuantizer, compute_layer_names, observations
+from onnxcomp.quantization.static import (
+    StaticOptions,
+    StaticQuantizer,
+    compute_layer_names,
+    group_params,
+    input_params,
+    observations,
+)
 
 logger = logging.getLogger(__name__)
 
 PER_CHANNEL_OPSET = 13
+
+
+class Rounding(enum.Enum):
+    """How weights are rounded to the int8 grid."""
+
+    NEAREST = "nearest"
+    RECONSTRUCT = "reconstruct"
 
 
 class ActivationType(enum.Enum):
@@ -81,6 +97,14 @@ class QuantizeStaticConfig(PassConfig):
         max_float_layers: Stop mixed precision after this many float layers.
         report_samples: Samples for the per-tensor SQNR report (0: none);
             held-out ones when there are, else the first calibration samples.
+        bias_correction: Correct every quantized layer's bias by the mean
+            output shift measured against the float model
+            (:mod:`onnxcomp.quantization.bias_correction`).
+        rounding: nearest, or reconstruct: choose the integer weights that
+            minimize each layer's output error on calibration inputs
+            (:mod:`onnxcomp.quantization.reconstruction`).
+        recovery_samples: Calibration samples used by bias correction and
+            rounding reconstruction.
     """
 
     method: RangeMethod = RangeMethod.MSE
@@ -98,6 +122,9 @@ class QuantizeStaticConfig(PassConfig):
     holdout: int = 32
     max_float_layers: int | None = None
     report_samples: int = 4
+    bias_correction: bool = False
+    rounding: Rounding = Rounding.NEAREST
+    recovery_samples: int = 32
 
     def validate(self) -> None:
         if not 50.0 < self.percentile <= 100.0:
@@ -106,6 +133,8 @@ class QuantizeStaticConfig(PassConfig):
             raise ValueError(f"max_drop must be >= 0, got {self.max_drop}")
         if self.holdout < 1:
             raise ValueError(f"holdout must be >= 1, got {self.holdout}")
+        if self.recovery_samples < 1:
+            raise ValueError(f"recovery_samples must be >= 1, got {self.recovery_samples}")
         if self.report_samples < 0:
             raise ValueError(f"report_samples must be >= 0, got {self.report_samples}")
 
@@ -153,6 +182,11 @@ class QuantizeStatic(Pass):
             calibration_data, held_out = split_holdout(data, limit=self.config.holdout)
         quantizer.stats = self._statistics(model, calibration_data, observations(plan), ctx)
         artifacts: dict = {"calibration_samples": quantizer.stats.samples}
+        if self.config.rounding is Rounding.RECONSTRUCT:
+            quantizer.weight_values = self._reconstruct(quantizer, plan, calibration_data, ctx)
+        feeds = self._recovery_feeds(calibration_data)
+        if self.config.bias_correction:
+            self._correct_biases(quantizer, feeds)
         excluded: list[str] = []
         if self.config.max_drop is not None:
             excluded = self._mixed_precision(quantizer, plan, held_out, ctx, artifacts)
@@ -197,6 +231,35 @@ class QuantizeStatic(Pass):
             except OSError as err:
                 raise OutputError(f"{self.name}: cannot write statistics file {path}: {err}") from err
         return stats
+
+    def _recovery_feeds(self, data) -> list:
+        if not self.config.bias_correction:
+            return []
+        return [feed for _, feed in zip(range(self.config.recovery_samples), data)]
+
+    def _reconstruct(self, quantizer: StaticQuantizer, plan, data, ctx: PassContext) -> dict:
+        """Integer weights of every quantized layer by rounding reconstruction."""
+        graph, plan = quantizer.plan()
+        params = group_params(quantizer.stats, plan, quantizer.options)
+        hessians = input_hessians(
+            quantizer.model, data, plan.layers, samples=self.config.recovery_samples, seed=ctx.seed, progress=ctx.progress
+        )
+        values = {}
+        for layer in plan.layers:
+            if layer.name in hessians:
+                w_params = quantizer.weight_params(layer, input_params(plan, params, layer))
+                values[layer.name] = reconstructed_values(layer, w_params, hessians[layer.name])
+        logger.info("%s: reconstructed the rounding of %d of %d layers", self.name, len(values), len(plan.layers))
+        return values
+
+    def _correct_biases(self, quantizer: StaticQuantizer, feeds) -> None:
+        """Bias correction of every quantizable layer (float layers keep their own bias)."""
+        _, plan = quantizer.plan()
+        params = group_params(quantizer.stats, plan, quantizer.options)
+        weights = quantizer.quantized_weights(plan, params)
+        means = input_channel_means(quantizer.model, plan.layers, feeds)
+        quantizer.biases = corrected_biases(plan.layers, weights, means)
+        logger.info("%s: corrected %d biases", self.name, len(quantizer.biases))
 
     def _mixed_precision(self, quantizer: StaticQuantizer, plan, held_out, ctx: PassContext, artifacts: dict) -> list[str]:
         """Layers to keep float so the held-out drop is at most ``max_drop``."""

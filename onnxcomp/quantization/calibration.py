@@ -6,10 +6,10 @@ NCHW first) and its memory grows with the number of tensors. So the
 reductions run *inside* the model, and only small results leave it. For each
 observed tensor ``x`` the calibration model adds:
 
-* its maximum (and, unless ``x`` is known to be non-negative, its minimum as
-  ``-max(-x)``): ``GlobalMaxPool`` for tensors of rank >= 3 (per-channel maxima,
+* its maximum: ``GlobalMaxPool`` for tensors of rank >= 3 (per-channel maxima,
   which onnxruntime computes on its blocked NCHWc layout without a reorder),
-  ``ReduceMax`` otherwise;
+  ``ReduceMax`` otherwise; and, unless ``x`` is known to be non-negative (a
+  Relu/Clip(0, .) output), its minimum (``ReduceMin``);
 * a strided subsample of about ``sample_size`` values for the histogram: a
   ``MaxPool`` with a 1x1 kernel and large strides for tensors of rank >= 3 with
   known spatial dims, a flattened ``Slice`` with a computed step otherwise;
@@ -130,6 +130,9 @@ class _GraphBuilder:
             return self._output(self._node("GlobalMaxPool", [tensor]))
         return self._output(self._node("ReduceMax", [tensor], keepdims=0))
 
+    def minimum(self, tensor: str) -> int:
+        return self._output(self._node("ReduceMin", [tensor], keepdims=0))
+
     def subsample(self, tensor: str, shape: tuple | None) -> int:
         spatial = shape[2:] if shape is not None and len(shape) >= 3 else None
         if spatial and all(isinstance(d, int) and d > 0 for d in shape[1:]):
@@ -195,9 +198,7 @@ def build_calibration_model(
         shape = shapes.get(obs.name)
         rank = None if shape is None else len(shape)
         maximum = builder.maximum(obs.name, rank)
-        minimum = None
-        if not obs.nonnegative:
-            minimum = builder.maximum(builder._node("Neg", [obs.name]), rank)
+        minimum = None if obs.nonnegative else builder.minimum(obs.name)
         sample = builder.subsample(obs.name, shape)
         mean = builder.channel_mean(obs.name, rank, obs.channel_axis) if obs.channel_axis is not None else None
         slots.append(_Slots(maximum, minimum, sample, mean))
@@ -257,7 +258,7 @@ def _accumulate(accumulator: Accumulator, slots: Sequence[_Slots], values: list,
         samples.append(sample)
         maxima[t] = values[slot.maximum].max(initial=-np.inf)
         if slot.minimum is not None:
-            minima[t] = -values[slot.minimum].max(initial=-np.inf)
+            minima[t] = values[slot.minimum].min(initial=np.inf)
         else:
             minima[t] = sample.min(initial=np.inf)
         if slot.mean is not None:

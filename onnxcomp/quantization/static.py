@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 
 import numpy as np
 import onnx
@@ -162,6 +162,10 @@ class StaticQuantizer:
         self.stats = stats
         self.options = options
         self.opset = opset
+        self.weight_values: dict[str, np.ndarray] = {}
+        """Layer name -> integer weights to use instead of nearest rounding."""
+        self.biases: dict[str, np.ndarray] = {}
+        """Layer name -> float bias to use instead of the model's (bias correction)."""
 
     def plan(self, extra_exclude: Collection[str] = ()) -> tuple[gs.Graph, QuantPlan]:
         graph = import_graph(self.model)
@@ -177,33 +181,33 @@ class StaticQuantizer:
             layer, None if x_params is None else x_params.scale, per_channel=self.options.per_channel and self.opset >= 13
         )
 
-    def build(
-        self,
-        extra_exclude: Collection[str] = (),
-        weight_values: Mapping[str, np.ndarray] | None = None,
-        biases: Mapping[str, np.ndarray] | None = None,
-    ) -> QuantizedModel:
-        """Plan, compute parameters and write the Q/DQ graph.
+    def quantized_weights(self, plan: QuantPlan, params: list[QParams]) -> dict[str, QuantizedWeight]:
+        """Integer weights of the plan's layers (reconstructed values where given, else nearest)."""
+        weights = {}
+        for layer in plan.layers:
+            w_params = self.weight_params(layer, input_params(plan, params, layer))
+            values = self.weight_values.get(layer.name)
+            if values is not None and values.shape != layer.weight_value().shape:
+                values = None
+            weights[layer.name] = quantize_layer_weight(layer, w_params, values)
+        return weights
+
+    def build(self, extra_exclude: Collection[str] = ()) -> QuantizedModel:
+        """Plan, compute parameters and write the Q/DQ graph (with :attr:`weight_values`
+        and :attr:`biases` where given).
 
         Args:
             extra_exclude: More node names to keep float (mixed precision).
-            weight_values: Layer name -> integer weights to use instead of
-                rounding to nearest (rounding reconstruction).
-            biases: Layer name -> float bias to use instead of the model's
-                (bias correction).
         """
         graph, plan = self.plan(extra_exclude)
         missing = [p.name for p in plan.points if not self.stats.has(p.name)]
         if missing:
             raise KeyError(f"no statistics for tensor(s) {', '.join(missing[:5])}")
         params = group_params(self.stats, plan, self.options)
-        weights: dict[str, QuantizedWeight] = {}
         for layer in plan.layers:
-            if biases and layer.name in biases and layer.bias is not None:
-                _set_bias(graph, layer, biases[layer.name])
-            w_params = self.weight_params(layer, input_params(plan, params, layer))
-            values = None if weight_values is None else weight_values.get(layer.name)
-            weights[layer.name] = quantize_layer_weight(layer, w_params, values)
+            if layer.name in self.biases and layer.bias is not None:
+                _set_bias(graph, layer, self.biases[layer.name])
+        weights = self.quantized_weights(plan, params)
         summary = insert_qdq(graph, plan, params, weights, opset=self.opset)
         return QuantizedModel(graph, plan, summary, params)
 
