@@ -102,6 +102,19 @@ def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
     return None
 
 
+def read_constant_uncached(tensor: gs.Constant) -> np.ndarray:
+    """The values of an initializer, without keeping lazily loaded ones in memory.
+
+    ``tensor.values`` caches what it loads on the constant; for a weight a
+    pass reads once (to quantize it, say) that would keep every float weight
+    of a large model alive until the end of the pass.
+    """
+    from onnx_graphsurgeon.ir.tensor import LazyValues
+
+    values = tensor._values
+    return np.asarray(values.load() if isinstance(values, LazyValues) else values)
+
+
 def private_constant(graph: gs.Graph, tensor: gs.Tensor) -> np.ndarray | None:
     """``tensor``'s value if it is a constant that a pass may rewrite in place.
 

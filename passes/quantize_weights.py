@@ -32,7 +32,6 @@ from onnxcomp.errors import UsageError
 from onnxcomp.graph import Namer
 from onnxcomp.ir import import_graph
 from onnxcomp.pass_base import Pass, PassResult, Stage
-from onnxcomp.quantization.qparams import sqnr_db
 from onnxcomp.quantization.weight_only import (
     BLOCKED_DQ_OPSET,
     WeightSelectionConfig,
@@ -109,12 +108,14 @@ class QuantizeWeights(Pass):
             layers, tables = config.select(graph)
         namer = Namer(graph)
         sqnr = {}
-        for layer in layers:
+        for layer in layers:  # one float weight in memory at a time
+            weight = layer.weight
             quantized = block_quantize(
-                layer.weight, bits=config.bits, block_size=config.block_size or None,
+                weight, bits=config.bits, block_size=config.block_size or None,
                 symmetric=config.symmetric, clip_search=config.clip_search,
             )  # fmt: skip
-            sqnr[layer.node.name] = sqnr_db(layer.weight, quantized.dequantized())
+            sqnr[layer.node.name] = quantized.sqnr_db(weight)
+            del weight
             if config.format is WeightFormat.MATMUL_NBITS:
                 replace_with_matmul_nbits(graph, namer, layer, quantized, accuracy_level=config.accuracy_level)
             else:

@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxcomp.graph import Namer, add_constant, attr, constant_value, is_onnx_op, remove_nodes
+from onnxcomp.graph import Namer, add_constant, attr, constant_value, is_onnx_op, read_constant_uncached, remove_nodes
 
 from .qparams import QParams, QuantType, dequantize, params_from_range, quantize, sqnr_db, weight_params
 
@@ -53,16 +53,28 @@ class WeightLayer:
     Attributes:
         node: The MatMul/Gemm node.
         activation: The run-time input (A).
-        weight: ``[K, N]`` float weight as multiplied (Gemm ``transB`` undone).
+        weight_tensor: The constant B as stored.
+        transposed: B is stored ``[N, K]`` (Gemm ``transB=1``).
         alpha: Gemm's alpha (1 for MatMul).
         bias: Gemm's ``beta * C`` (broadcastable to the output), or None.
     """
 
     node: gs.Node
     activation: gs.Tensor
-    weight: np.ndarray
+    weight_tensor: gs.Constant
+    transposed: bool = False
     alpha: float = 1.0
     bias: np.ndarray | None = None
+
+    @property
+    def weight(self) -> np.ndarray:
+        """``[K, N]`` float weight as multiplied (Gemm ``transB`` undone).
+
+        Read on each access without being cached on the graph, so a pass that
+        handles one layer at a time holds one float weight in memory.
+        """
+        values = read_constant_uncached(self.weight_tensor)
+        return np.ascontiguousarray(values.T) if self.transposed else values
 
 
 def find_weight_layers(
@@ -83,10 +95,10 @@ def find_weight_layers(
     for node in graph.nodes:
         if node.name in exclude or not is_onnx_op(node, *op_types) or len(node.inputs) < 2:
             continue
-        weight = constant_value(node.inputs[1])
-        if weight is None or weight.ndim != 2 or weight.dtype != np.float32 or weight.size < min_elements:
+        weight = node.inputs[1]
+        if not isinstance(weight, gs.Constant) or len(weight.shape) != 2 or np.dtype(weight.dtype) != np.float32:
             continue
-        if constant_value(node.inputs[0]) is not None:
+        if int(np.prod(weight.shape)) < min_elements or constant_value(node.inputs[0]) is not None:
             continue
         if node.op == "MatMul":
             layers.append(WeightLayer(node, node.inputs[0], weight))
@@ -99,9 +111,7 @@ def find_weight_layers(
             if c is None:
                 continue
             bias = (c.astype(np.float32) * np.float32(attr(node, "beta", 1.0))).astype(np.float32)
-        if attr(node, "transB", 0):
-            weight = weight.T
-        layers.append(WeightLayer(node, node.inputs[0], np.ascontiguousarray(weight), float(attr(node, "alpha", 1.0)), bias))
+        layers.append(WeightLayer(node, node.inputs[0], weight, bool(attr(node, "transB", 0)), float(attr(node, "alpha", 1.0)), bias))
     return layers
 
 

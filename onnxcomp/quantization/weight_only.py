@@ -152,7 +152,7 @@ class BlockQuantized:
     """A weight ``W[K, N]`` quantized per output column ``n`` in blocks along ``K``.
 
     Attributes:
-        q: ``[N, K]`` integers (signed for symmetric, unsigned otherwise), int64.
+        q: ``[N, K]`` integer codes: int8 for signed types, uint8 for unsigned.
         scale: ``[N, K_blocks]`` float32.
         zero_point: ``[N, K_blocks]`` int64, None for symmetric (zero point 0).
         qtype: The integer type.
@@ -173,38 +173,73 @@ class BlockQuantized:
         """The weight as onnxruntime will see it, ``[K, N]`` float32."""
         return dequantize(self.q.astype(self.qtype.numpy_dtype), self.params()).T
 
+    def sqnr_db(self, weight: np.ndarray) -> float:
+        """SQNR of the dequantized weight against ``weight[K, N]``, computed in column chunks."""
+        rows = max(1, BLOCK_QUANTIZE_CHUNK // max(self.q.shape[1], 1))
+        signal = noise = 0.0
+        for start in range(0, self.q.shape[0], rows):
+            part = BlockQuantized(
+                self.q[start : start + rows], self.scale[start : start + rows],
+                None if self.zero_point is None else self.zero_point[start : start + rows], self.qtype, self.block_size,
+            )  # fmt: skip
+            reference = np.asarray(weight[:, start : start + rows], dtype=np.float64)
+            difference = reference - part.dequantized()
+            signal += float(np.sum(reference * reference))
+            noise += float(np.sum(difference * difference))
+        if noise == 0:
+            return float("inf")
+        return float("-inf") if signal == 0 else 10.0 * float(np.log10(signal / noise))
+
+
+BLOCK_QUANTIZE_CHUNK = 1 << 22
+"""Weight elements quantized at a time, bounding the temporary arrays of the clip search."""
+
 
 def block_quantize(weight: np.ndarray, *, bits: int, block_size: int | None, symmetric: bool, clip_search: bool) -> BlockQuantized:
     """Quantize ``weight[K, N]`` per column in blocks of ``block_size`` along K (None: whole columns).
 
     With ``clip_search``, every block keeps the range factor from
     :data:`CLIP_FACTORS` with the least squared error of its own values.
+    Columns are processed in chunks of about :data:`BLOCK_QUANTIZE_CHUNK`
+    elements, so temporary memory does not grow with the weight.
     """
     qtype = {(8, True): QuantType.INT8, (8, False): QuantType.UINT8, (4, True): QuantType.INT4, (4, False): QuantType.UINT4}[
         (bits, symmetric)
     ]
-    wt = np.ascontiguousarray(np.asarray(weight, dtype=np.float32).T)  # [N, K]
-    n, k = wt.shape
+    k, n = np.shape(weight)
     block = block_size or k
     blocks = -(-k // block)
+    rows = max(1, BLOCK_QUANTIZE_CHUNK // max(k, 1))
+    codes = np.empty((n, k), np.int8 if qtype.signed else np.uint8)
+    scale = np.empty((n, blocks), np.float32)
+    zero = np.empty((n, blocks), np.int64)
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        wt = np.ascontiguousarray(np.asarray(weight[:, start:stop], dtype=np.float32).T)  # [rows, K]
+        codes[start:stop], scale[start:stop], zero[start:stop] = _quantize_rows(wt, qtype, block, blocks, symmetric, clip_search)
+    return BlockQuantized(codes, scale, None if symmetric else zero, qtype, block)
+
+
+def _quantize_rows(wt: np.ndarray, qtype: QuantType, block: int, blocks: int, symmetric: bool, clip_search: bool):
+    """Codes, scales and zero points of ``wt[rows, K]`` (blocks along K), clip factors searched per block."""
+    n, k = wt.shape
     padded = np.pad(wt, [(0, 0), (0, blocks * block - k)]).reshape(n, blocks, block)
     lo, hi = padded.min(axis=2), padded.max(axis=2)
     best = None
     for factor in CLIP_FACTORS if clip_search else (1.0,):
         params = params_from_range(lo * factor, hi * factor, qtype, symmetric=symmetric, axis=1, block_size=block)
-        q = quantize(wt, params).astype(np.int64)
-        error = np.pad((dequantize(q.astype(qtype.numpy_dtype), params) - wt) ** 2, [(0, 0), (0, blocks * block - k)])
+        q = quantize(wt, params)
+        error = np.pad((dequantize(q, params) - wt) ** 2, [(0, 0), (0, blocks * block - k)])
         error = error.reshape(n, blocks, block).sum(axis=2)
         zero = params.zero_point.astype(np.int64)
         if best is None:
-            best = [q, params.scale.copy(), zero.copy(), error]
+            best = [q.astype(np.int16), params.scale.copy(), zero.copy(), error]
             continue
         better = error < best[3]
         best[1][better], best[2][better], best[3][better] = params.scale[better], zero[better], error[better]
         take = np.repeat(better, block, axis=1)[:, :k]
-        best[0][take] = q[take]
-    q, scale, zero, _ = best
-    return BlockQuantized(q, scale.astype(np.float32), None if symmetric else zero, qtype, block)
+        best[0][take] = q.astype(np.int16)[take]
+    return best[0], best[1], best[2]
 
 
 def subbyte_aware_constant(namer: Namer, base: str, values: np.ndarray) -> gs.Constant:
@@ -261,8 +296,8 @@ def pack_matmul_nbits(quantized: BlockQuantized) -> tuple[np.ndarray, np.ndarray
     block = quantized.block_size
     blocks = quantized.scale.shape[1]
     pad_code = offset if quantized.zero_point is None else quantized.zero_point
-    codes = np.empty((n, blocks * block), np.int64)
-    codes[:, :k] = quantized.q + offset
+    codes = np.empty((n, blocks * block), np.int16)
+    codes[:, :k] = quantized.q.astype(np.int16) + offset
     codes[:, k:] = pad_code if np.ndim(pad_code) == 0 else np.repeat(pad_code[:, -1:], blocks * block - k, axis=1)
     packed = _pack_nibbles(codes) if bits == 4 else codes.astype(np.uint8)
     b = packed.reshape(n, blocks, block * bits // 8)
