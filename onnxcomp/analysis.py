@@ -27,7 +27,7 @@ import onnx
 
 from .data import Feed, InputSpec, input_specs, resolve_shapes
 from .model_io import default_opset, iter_tensors
-from .shapes import infer_model_shapes, shape_of, value_infos
+from .shapes import infer_model_shapes, shape_of, stub_large_tensors, value_infos
 
 logger = logging.getLogger(__name__)
 
@@ -243,8 +243,7 @@ def _operands(node: onnx.NodeProto) -> list[str]:
 def _shapes_with_fixed_inputs(
     model: onnx.ModelProto, specs: Sequence[InputSpec], shapes: Mapping[str, tuple[int, ...]]
 ) -> dict[str, tuple[int, ...]]:
-    fixed = onnx.ModelProto()
-    fixed.CopyFrom(model) if model.ByteSize() < (1 << 30) else fixed.CopyFrom(_graph_only(model))
+    fixed = stub_large_tensors(model)  # weights are not needed for shapes
     del fixed.graph.value_info[:]
     for vi in fixed.graph.input:
         if vi.name in shapes:
@@ -266,12 +265,6 @@ def _shapes_with_fixed_inputs(
                 if a.name == "value" and a.HasField("t"):
                     known[node.output[0]] = tuple(int(d) for d in a.t.dims)
     return known
-
-
-def _graph_only(model: onnx.ModelProto) -> onnx.ModelProto:
-    from .shapes import stub_large_tensors
-
-    return stub_large_tensors(model)
 
 
 def _shapes_by_running(

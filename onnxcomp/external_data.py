@@ -10,7 +10,7 @@ source file into the new data file in chunks. A pipeline that touches a few
 weights of a large model therefore holds only those in memory.
 
 The ONNX checker and onnxruntime refuse absolute locations, so a pinned model
-is checked with relative placeholder locations (:func:`relative_placeholders`)
+is checked with its weights stubbed (see :func:`onnxcomp.model_io.check_model`)
 and handed to onnxruntime as a saved copy.
 """
 
@@ -100,30 +100,6 @@ def copy_pinned(tensor: onnx.TensorProto, out: BinaryIO) -> int:
             out.write(block)
             copied += len(block)
     return copied
-
-
-@contextlib.contextmanager
-def relative_placeholders(tensors: list[onnx.TensorProto], location: str) -> Iterator[int]:
-    """Temporarily point pinned ``tensors`` at the relative ``location``.
-
-    Yields:
-        The size a file at ``location`` needs for every offset and length to fit.
-    """
-    saved = []
-    needed = 0
-    for tensor in tensors:
-        if is_pinned(tensor):
-            _, offset, length = _span(tensor)
-            needed = max(needed, offset + (length or 0))
-            for entry in tensor.external_data:
-                if entry.key == "location":
-                    saved.append((entry, entry.value))
-                    entry.value = location
-    try:
-        yield needed
-    finally:
-        for entry, value in saved:
-            entry.value = value
 
 
 @contextlib.contextmanager

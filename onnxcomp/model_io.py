@@ -21,11 +21,12 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
 from .errors import InputError, OutputError
-from .external_data import copy_pinned, embedded, external_info, is_external, is_pinned, materialize, pin, relative_placeholders
+from .external_data import copy_pinned, embedded, external_info, is_external, is_pinned, materialize, pin
 
 logger = logging.getLogger(__name__)
 
@@ -148,17 +149,13 @@ def default_opset(model: onnx.ModelProto) -> int | None:
 
 
 def check_model(model: onnx.ModelProto, *, source: str = "model") -> None:
-    """Run the ONNX checker, turning its failure into a one-line :class:`InputError`."""
+    """Run the ONNX checker, turning its failure into a one-line :class:`InputError`.
+
+    Weights are never copied for the check (see :func:`_check_without_weights`),
+    so this costs the same for a 2 GiB model as for a small one.
+    """
     try:
-        if has_pinned_data(model):
-            _check_pinned(model)
-        elif model_byte_size(model) > PROTOBUF_LIMIT:
-            with tempfile.TemporaryDirectory(prefix="onnxcomp-check-") as tmp:
-                tmp_path = Path(tmp) / "model.onnx"
-                save_model(model, tmp_path)
-                onnx.checker.check_model(str(tmp_path))
-        else:
-            onnx.checker.check_model(model)
+        _check_without_weights(model)
     except onnx.checker.ValidationError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InputError(f"{source}: fails the ONNX checker: {first}") from err
@@ -166,23 +163,60 @@ def check_model(model: onnx.ModelProto, *, source: str = "model") -> None:
         raise InputError(f"{source}: fails the ONNX checker: a name is not valid UTF-8 (corrupt file?)") from err
 
 
-def _check_pinned(model: onnx.ModelProto) -> None:
-    """Run the checker on a model whose weights are still on disk, without copying them.
+def _check_without_weights(model: onnx.ModelProto) -> None:
+    """Check ``model`` with its large weights stood in for by a sparse file.
 
-    The checker insists that external data is a regular file, relative to the
-    model, at least as long as the offsets claim; a sparse placeholder file of
-    that length stands in for the weights (which were validated on load).
+    The checker needs every tensor's data to exist and be long enough, and
+    serializing a model to check it would copy every weight (twice: Python to
+    C++). Large weights are therefore replaced by references into a sparse
+    placeholder file of the right length (no disk blocks, no memory); the sizes
+    of in-memory weights are checked here instead, from their serialized size.
     """
+    from .shapes import STUB_LOCATION, stub_large_tensors
+
+    stubbed = stub_large_tensors(model)
+    stubs = [t for t in stubbed.graph.initializer if external_info(t).get("location") == STUB_LOCATION]
+    if not stubs:
+        onnx.checker.check_model(model)
+        return
+    originals = {t.name: t for t in model.graph.initializer}
+    offset = 0
+    for stub in stubs:
+        original = originals[stub.name]
+        length = _data_bytes(original)
+        if not is_external(original) and original.HasField("raw_data"):
+            _check_payload(original, length)
+        _point_to(stub, "weights.bin", offset, length)
+        offset += length
     with tempfile.TemporaryDirectory(prefix="onnxcomp-check-") as tmp:
         folder = Path(tmp)
-        with relative_placeholders(list(iter_tensors(model)), "pinned.bin") as needed:
-            with open(folder / "pinned.bin", "wb") as placeholder:
-                placeholder.truncate(needed)
-            if model_byte_size(model) > PROTOBUF_LIMIT - (1 << 24):
-                _write_external(model, folder / "model.onnx", folder / "model.data", "model.data")
-            else:
-                _write_bytes(folder / "model.onnx", model.SerializeToString())
+        with open(folder / "weights.bin", "wb") as placeholder:
+            placeholder.truncate(offset)
+        _write_bytes(folder / "model.onnx", stubbed.SerializeToString())
         onnx.checker.check_model(str(folder / "model.onnx"))
+
+
+def _data_bytes(tensor: onnx.TensorProto) -> int:
+    """Bytes the data of ``tensor`` occupies given its dims and type (4-bit types packed)."""
+    count = int(np.prod(tensor.dims, dtype=np.int64)) if tensor.dims else 1
+    if tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4, onnx.TensorProto.FLOAT4E2M1):
+        return (count + 1) // 2
+    return count * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+
+
+def _check_payload(tensor: onnx.TensorProto, expected: int) -> None:
+    """Raise when an in-memory tensor's data is not the size its dims and type say.
+
+    Measured with ``ByteSize`` (no copy): the payload plus a small header
+    (name, dims, type, field tags).
+    """
+    header = 32 + len(tensor.name.encode()) + 11 * len(tensor.dims)
+    size = tensor.ByteSize()
+    if not expected <= size <= expected + header:
+        raise onnx.checker.ValidationError(
+            f"tensor '{tensor.name}' stores about {size} bytes but its shape {list(tensor.dims)} "
+            f"and type need {expected}"
+        )
 
 
 def iter_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:

@@ -25,33 +25,56 @@ STUB_LOCATION = "onnxcomp-stub"
 """External-data location marking a stubbed initializer (no file has it)."""
 
 
-def stub_large_tensors(model: onnx.ModelProto, threshold: int = STUB_THRESHOLD) -> onnx.ModelProto:
-    """A copy of ``model`` whose large initializers carry dims and type but no data.
+def _is_large(tensor: onnx.TensorProto, threshold: int) -> bool:
+    """A weight whose data should not be copied: on disk (external) or big in memory.
 
-    Stubs are marked as external data at :data:`STUB_LOCATION`. The weights are
-    never copied: they are detached from ``model`` while it is copied and put
-    back afterwards.
+    ``ByteSize`` measures the serialized tensor without copying its bytes out
+    (reading ``raw_data`` in Python would).
     """
-    large = [
-        t for t in model.graph.initializer if t.HasField("raw_data") and len(t.raw_data) >= threshold
-    ]
-    saved = [(t, t.raw_data) for t in large]
-    for tensor in large:
-        tensor.ClearField("raw_data")
+    external = tensor.HasField("data_location") and tensor.data_location == onnx.TensorProto.EXTERNAL
+    return external or tensor.ByteSize() >= threshold
+
+
+def stub_large_tensors(model: onnx.ModelProto, threshold: int = STUB_THRESHOLD) -> onnx.ModelProto:
+    """A copy of ``model`` whose large initializers carry name, dims and type but no data.
+
+    Stubs are marked as external data at :data:`STUB_LOCATION`. The copy is
+    assembled field by field, so the weights are never read or copied: this is
+    what shape inference, opset conversion and checking run on.
+    """
     stubbed = onnx.ModelProto()
-    try:
-        stubbed.CopyFrom(model)
-    finally:
-        for tensor, raw in saved:
-            tensor.raw_data = raw
-    names = {t.name for t in large}
-    for tensor in stubbed.graph.initializer:
-        if tensor.name in names:
-            tensor.data_location = onnx.TensorProto.EXTERNAL
-            del tensor.external_data[:]
-            entry = tensor.external_data.add()
-            entry.key, entry.value = "location", STUB_LOCATION
+    copy_fields(model, stubbed, skip={"graph"})
+    copy_fields(model.graph, stubbed.graph, skip={"initializer"})
+    for tensor in model.graph.initializer:
+        stub = stubbed.graph.initializer.add()
+        if not _is_large(tensor, threshold):
+            stub.CopyFrom(tensor)
+            continue
+        stub.name, stub.data_type = tensor.name, tensor.data_type
+        stub.dims.extend(tensor.dims)
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        entry = stub.external_data.add()
+        entry.key, entry.value = "location", STUB_LOCATION
     return stubbed
+
+
+def copy_fields(source, target, *, skip: set[str] = frozenset()) -> None:
+    """Copy the set fields of protobuf ``source`` into ``target``, except those named in ``skip``."""
+    for field in source.DESCRIPTOR.fields:
+        if field.name in skip:
+            continue
+        if field.is_repeated:
+            values = getattr(source, field.name)
+            if len(values):
+                getattr(target, field.name).extend(values)
+        elif field.message_type is not None:
+            if source.HasField(field.name):
+                getattr(target, field.name).CopyFrom(getattr(source, field.name))
+        elif field.has_presence:
+            if source.HasField(field.name):
+                setattr(target, field.name, getattr(source, field.name))
+        else:
+            setattr(target, field.name, getattr(source, field.name))
 
 
 def infer_model_shapes(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -191,3 +191,15 @@ def test_outputs_get_umask_permissions_not_private_temp_ones(tmp_path):
     os.umask(mask)
     assert (out.stat().st_mode & 0o777) == (0o666 & ~mask)
     assert ((tmp_path / "p.onnx.data").stat().st_mode & 0o777) == (0o666 & ~mask)
+
+
+def test_checker_catches_weight_data_of_the_wrong_size_without_copying_it():
+    from onnxcomp.model_io import check_model
+
+    nodes = [onnx.helper.make_node("MatMul", ["x", "w"], ["y"])]
+    w = np.ones((64, 64), np.float32)  # 16 KiB: stubbed for the checker, its size checked here
+    model = builders.model(nodes, [builders.value("x", [1, 64])], [builders.value("y", [1, 64])], [builders.tensor("w", w)])
+    check_model(model)
+    model.graph.initializer[0].raw_data = w.tobytes()[:-4]
+    with pytest.raises(InputError, match="tensor 'w' stores about .* but its shape \\[64, 64\\] and type need 16384"):
+        check_model(model)
