@@ -205,18 +205,32 @@ def _data_bytes(tensor: onnx.TensorProto) -> int:
 
 
 def _check_payload(tensor: onnx.TensorProto, expected: int) -> None:
-    """Raise when an in-memory tensor's data is not the size its dims and type say.
+    """Raise when an in-memory tensor's ``raw_data`` is not the size its dims and type say.
 
-    Measured with ``ByteSize`` (no copy): the payload plus a small header
-    (name, dims, type, field tags).
+    Measured without copying the bytes: the tensor's serialized size minus that
+    of the same tensor without ``raw_data`` is the field's tag, its length
+    varint and the payload.
     """
-    header = 32 + len(tensor.name.encode()) + 11 * len(tensor.dims)
-    size = tensor.ByteSize()
-    if not expected <= size <= expected + header:
+    from .shapes import copy_fields
+
+    rest = onnx.TensorProto()
+    copy_fields(tensor, rest, skip={"raw_data"})
+    field = tensor.ByteSize() - rest.ByteSize()
+    want = 1 + len(_varint(expected)) + expected
+    if field != want:
         raise onnx.checker.ValidationError(
-            f"tensor '{tensor.name}' stores about {size} bytes but its shape {list(tensor.dims)} "
+            f"tensor '{tensor.name}' stores about {field} bytes of data but its shape {list(tensor.dims)} "
             f"and type need {expected}"
         )
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
 
 
 def iter_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:

@@ -201,5 +201,5 @@ def test_checker_catches_weight_data_of_the_wrong_size_without_copying_it():
     model = builders.model(nodes, [builders.value("x", [1, 64])], [builders.value("y", [1, 64])], [builders.tensor("w", w)])
     check_model(model)
     model.graph.initializer[0].raw_data = w.tobytes()[:-4]
-    with pytest.raises(InputError, match="tensor 'w' stores about .* but its shape \\[64, 64\\] and type need 16384"):
+    with pytest.raises(InputError, match="tensor 'w' stores about .* bytes of data but its shape \\[64, 64\\] and type need 16384"):
         check_model(model)
