@@ -27,6 +27,7 @@ refuses, is reported as such.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -48,6 +49,11 @@ CONFIDENT = 0.3
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM: reset by exec, unlike ru_maxrss, which keeps the parent's)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
@@ -135,9 +141,11 @@ def _worker_calibrate(job: dict) -> dict:
     model = onnx.load(job["model"])
     graph = import_graph(model)
     infer_graph_shapes(graph, model)
-    plan = plan_quantization(graph, PlacementOptions(), opset=17)
+    wanted = observations(plan_quantization(graph, PlacementOptions(), opset=17))
+    del graph  # the pass holds its graph; here only the statistics pass is measured
+    gc.collect()
     data = open_data(job["calib"], input_specs(model))
-    stats = collect_statistics(model, data, observations(plan))
+    stats = collect_statistics(model, data, wanted)
     return {"samples": stats.samples, "tensors": len(stats.names)}
 
 

@@ -33,13 +33,14 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from onnxcomp.data import Dataset
-from onnxcomp.errors import DataError
+from onnxcomp.errors import DataError, InputError
 from onnxcomp.model_io import default_opset
 from onnxcomp.progress import ProgressFactory, null_progress
-from onnxcomp.runtime import DEFAULT_PROVIDERS, OptLevel, create_session, run
+from onnxcomp.runtime import DEFAULT_PROVIDERS, OptLevel, run, session_options
 from onnxcomp.shapes import infer_model_shapes, shape_of, value_infos
 
 from .observers import DEFAULT_BINS, Accumulator, Statistics
@@ -230,7 +231,8 @@ def collect_statistics(
         raise DataError(f"{data.description}: contains no samples")
     size = sample_size or histogram_sample_size(data.size())
     calib_model, slots = build_calibration_model(model, observations, first, size)
-    session = create_session(calib_model, level=OptLevel.ALL, providers=providers)
+    session = _calibration_session(calib_model, providers)
+    del calib_model
     names = [o.name for o in observations]
     bar = progress(data.size(), "calibrating", "sample")
     try:
@@ -246,6 +248,21 @@ def collect_statistics(
         bar.close()
     logger.info("calibrated %d tensors on %d samples (%d histogram values per tensor and sample)", len(names), index, size)
     return accumulator.result(meta={**(meta or {}), "histogram_sample_size": size})
+
+
+def _calibration_session(model: onnx.ModelProto, providers: Sequence[str]) -> ort.InferenceSession:
+    """A full-optimization session without onnxruntime's memory pattern.
+
+    The pattern (one block planned for all intermediate tensors) grows by
+    tens of MB when every observed tensor has an extra reader; allocating per
+    run from the arena keeps calibration close to a plain session's memory.
+    """
+    options = session_options(OptLevel.ALL)
+    options.enable_mem_pattern = False
+    try:
+        return ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=list(providers))
+    except Exception as err:  # onnxruntime raises several unrelated types
+        raise InputError(f"onnxruntime cannot load the calibration model: {' '.join(str(err).split())[:300]}") from err
 
 
 def _accumulate(accumulator: Accumulator, slots: Sequence[_Slots], values: list, names: Sequence[str], index: int) -> None:
