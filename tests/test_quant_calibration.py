@@ -150,3 +150,15 @@ def test_calibration_memory_is_flat_in_the_number_of_samples():
     # 20x the samples: peak memory may not grow by more than 10 % (statistics are fixed-size;
     # keeping the samples' activations would grow it ~20x).
     assert large <= 1.10 * small, (small, large)
+
+
+def test_entropy_is_not_fooled_by_the_zero_spike_of_relu_outputs():
+    rng = np.random.default_rng(2)
+    acc = Accumulator(["relu"])
+    for _ in range(30):
+        v = np.maximum(rng.normal(0, 1, 20000), 0)  # half the values are exactly 0
+        acc.update([v.min()], [v.max()], [v])
+    lo, hi = tensor_range(acc.result(), 0, RangeMethod.ENTROPY)
+    # KL thresholds of a unit half-normal sit around 3-4 sigma; with the zero spike left in
+    # the divergence collapsed the range to the smallest candidate (~1/4 of the maximum).
+    assert lo == 0 and 2.5 < hi <= acc.result().maximum[0]

@@ -416,6 +416,12 @@ def _kl_divergence(hist: np.ndarray, length: int, levels: int) -> float:
 def _entropy_range(stats: Statistics, t: int, qtype: QuantType) -> tuple[float, float]:
     lo, hi = stats.minimum[t], stats.maximum[t]
     hist = _abs_histogram(stats, t)
+    if hist.size > 1 and hist[0] > 10 * hist[1]:
+        # A spike at 0 (Relu outputs) is represented exactly by the zero point whatever the
+        # threshold; left in, every wider bucket dilutes it in Q and the divergence favours
+        # ever smaller thresholds. It is flattened to its neighbour's level.
+        hist = hist.copy()
+        hist[0] = hist[1]
     width = stats.width[t]
     signed = lo < 0
     levels = (qtype.qmax - qtype.qmin + 1) // (2 if signed else 1)
