@@ -24,6 +24,7 @@ from .context import PassContext
 from .data import Dataset, InputSpec, RandomDataset, ValidatedDataset, input_specs, open_data, resolve_shapes
 from .errors import OnnxcompError, VerificationError
 from .latency import measure_latency
+from .memory import release_free_memory
 from .model_io import (
     StagedModel,
     check_model,
@@ -124,12 +125,14 @@ def optimize(
         )
         result = manager.run(original, ctx)
         optimized = result.model
+        release_free_memory()  # the pipeline's intermediate copies of the weights
         check_model(optimized, source="optimized model")
 
         stage_at = Path(output) if output is not None else ctx.workdir / "optimized.onnx"
         if external_data is None and uses_external_data(original):
             external_data = True  # keep the input's layout: weights in a .data file
         with StagedModel(optimized, stage_at, external_data=external_data, protect=protect) as staged:
+            release_free_memory()
             # onnxruntime reads both models from disk: the input file as given,
             # the result as staged (so large weights are never serialized twice).
             reference = source_path if source_path is not None else original

@@ -498,52 +498,39 @@ def _write_bytes(path: Path, data: bytes) -> None:
 
 
 def _write_external(model: onnx.ModelProto, model_path: Path, data_path: Path, location: str) -> None:
-    """Serialize with large tensors moved to ``data_path``, then restore them in memory.
+    """Write ``model`` with its initializers of at least ``EXTERNAL_DATA_THRESHOLD`` bytes in ``data_path``.
 
-    Pinned tensors are streamed from their source files; in-memory tensors of
-    at least ``EXTERNAL_DATA_THRESHOLD`` bytes are written from ``raw_data``.
-    Every moved tensor is page-aligned in the data file.
+    The model file is a weightless skeleton (see
+    :func:`onnxcomp.shapes.stub_large_tensors`) pointing into the data file;
+    weights are written one at a time (pinned ones streamed from their source
+    file), so neither the in-memory model changes nor more than one weight is
+    copied at once. Every weight is page-aligned so runtimes can memory-map it.
     """
-    moved: list[tuple[onnx.TensorProto, bytes, bool]] = []
-    repointed: list[tuple[onnx.TensorProto, list[tuple[str, str]]]] = []
-    try:
-        with open(data_path, "wb") as data_file:
-            os.fchmod(data_file.fileno(), _default_mode())
-            for tensor in iter_tensors(model):
-                if is_pinned(tensor):
-                    repointed.append((tensor, [(e.key, e.value) for e in tensor.external_data]))
-                    data_file.write(b"\0" * ((-data_file.tell()) % 4096))
-                    offset = data_file.tell()
-                    length = copy_pinned(tensor, data_file)
-                    _point_to(tensor, location, offset, length)
-                    continue
-                if not tensor.HasField("raw_data") or len(tensor.raw_data) < EXTERNAL_DATA_THRESHOLD:
-                    continue
-                raw = tensor.raw_data
-                had_location = tensor.HasField("data_location")
-                offset = data_file.tell()
-                pad = (-offset) % 4096  # page-aligned so runtimes can memory-map
-                data_file.write(b"\0" * pad)
-                data_file.write(raw)
-                moved.append((tensor, raw, had_location))
-                tensor.ClearField("raw_data")
-                _point_to(tensor, location, offset + pad, len(raw))
-            data_file.flush()
-            os.fsync(data_file.fileno())
-        _write_bytes(model_path, model.SerializeToString())
-    finally:
-        for tensor, entries in repointed:
-            del tensor.external_data[:]
-            for key, value in entries:
-                entry = tensor.external_data.add()
-                entry.key, entry.value = key, value
-        for tensor, raw, had_location in moved:
-            del tensor.external_data[:]
-            if had_location:
-                tensor.data_location = onnx.TensorProto.DEFAULT
+    from .shapes import STUB_LOCATION, stub_large_tensors
+
+    skeleton = stub_large_tensors(model, threshold=EXTERNAL_DATA_THRESHOLD)
+    originals = {t.name: t for t in model.graph.initializer}
+    with open(data_path, "wb") as data_file:
+        os.fchmod(data_file.fileno(), _default_mode())
+        for stub in skeleton.graph.initializer:
+            if external_info(stub).get("location") != STUB_LOCATION:
+                continue
+            original = originals[stub.name]
+            data_file.write(b"\0" * ((-data_file.tell()) % 4096))
+            offset = data_file.tell()
+            if is_pinned(original):
+                length = copy_pinned(original, data_file)
+            elif is_external(original):
+                raise OutputError(f"tensor '{original.name}' refers to external data that is not loaded or pinned")
             else:
-                tensor.ClearField("data_location")
-            tensor.raw_data = raw
+                payload = original.raw_data if original.HasField("raw_data") else onnx.numpy_helper.to_array(original).tobytes()
+                data_file.write(payload)
+                length = len(payload)
+                del payload
+            _point_to(stub, location, offset, length)
+        data_file.flush()
+        os.fsync(data_file.fileno())
+    _write_bytes(model_path, skeleton.SerializeToString())
 
 
 def _point_to(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:

@@ -23,6 +23,7 @@ import onnx_graphsurgeon as gs
 from .context import PassContext
 from .errors import OnnxcompError, PassError, UsageError
 from .ir import import_graph
+from .memory import release_free_memory
 from .model_io import check_model
 from .pass_base import Pass, Stage
 from .runtime import OptLevel, create_session
@@ -209,14 +210,18 @@ class PassManager:
 
     def _check(self, graph: gs.Graph, ctx: PassContext, p: Pass, before: list[str]) -> None:
         model = ctx.export(graph)
-        for check in self.checks:
-            try:
-                run_check(check, model)
-            except Exception as err:
-                raise PassError(
-                    f"check '{check.value}' failed after pass '{p.describe()}'"
-                    f"{_after(before)}: {_first_line(err)}"
-                ) from err
+        try:
+            for check in self.checks:
+                try:
+                    run_check(check, model)
+                except Exception as err:
+                    raise PassError(
+                        f"check '{check.value}' failed after pass '{p.describe()}'"
+                        f"{_after(before)}: {_first_line(err)}"
+                    ) from err
+        finally:
+            del model
+            release_free_memory()
 
 
 def run_check(check: Check, model: onnx.ModelProto) -> None:

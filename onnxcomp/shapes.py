@@ -31,6 +31,8 @@ def _is_large(tensor: onnx.TensorProto, threshold: int) -> bool:
     ``ByteSize`` measures the serialized tensor without copying its bytes out
     (reading ``raw_data`` in Python would).
     """
+    if tensor.data_type == onnx.TensorProto.STRING:
+        return False  # strings cannot live in external data
     external = tensor.HasField("data_location") and tensor.data_location == onnx.TensorProto.EXTERNAL
     return external or tensor.ByteSize() >= threshold
 
