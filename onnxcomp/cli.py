@@ -86,14 +86,22 @@ def _input_shape_option(func):
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a summary.")
 @click.option("--layers", is_flag=True, help="List MACs of every compute layer.")
+@click.option("--prunable", is_flag=True, help="List the channel dependency groups --prune sees and why others are frozen.")
 @_input_shape_option
 @_verbosity
-def inspect(model: Path, as_json: bool, layers: bool, input_shapes: tuple[str, ...], verbose: int, quiet: bool) -> None:
+def inspect(model: Path, as_json: bool, layers: bool, prunable: bool, input_shapes: tuple[str, ...], verbose: int, quiet: bool) -> None:
     """Summarize MODEL: opset, inputs/outputs, ops, parameters, size, MACs."""
     _apply_verbosity(verbose, quiet)
     from .api import inspect as inspect_model
     from .data import parse_shape_overrides
     from .report import _count, _size
+
+    if prunable:
+        from .pruning.report import describe_prunable
+
+        found = describe_prunable(model, input_shapes=parse_shape_overrides(input_shapes))
+        click.echo(json.dumps(found.to_dict(), indent=2) if as_json else found.render())
+        return
 
     stats = inspect_model(model, input_shapes=parse_shape_overrides(input_shapes))
     if as_json:
@@ -174,6 +182,7 @@ def _image_options(size, mean, std, scale, layout, order, resize):
 @click.option("--prune", "prune", type=float, metavar="RATIO", help="Structured pruning: remove this fraction of prunable channels.")
 @click.option("--quantize", "quantize", metavar="MODE", help="Quantization mode (see 'onnxcomp passes').")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Also write the report as JSON.")
+@click.option("--prune-plan", "plan_path", type=click.Path(path_type=Path), help="Also write the pruning plan (kept channels per weight) as JSON.")
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Compare with the original in onnxruntime.")
 @click.option("--verify-samples", type=click.IntRange(min=1), default=64, show_default=True, help="Samples used for verification.")
 @click.option("--latency/--no-latency", default=True, show_default=True, help="Measure batch-1 latency before/after.")
@@ -192,7 +201,7 @@ def _image_options(size, mean, std, scale, layout, order, resize):
 @click.option("--image-resize", type=click.Choice(["crop", "stretch"]), default="crop", show_default=True)
 @_verbosity
 def optimize(model: Path, output: Path | None, calib: Path | None, calib_limit: int | None, verify_data: Path | None, recipe: Path | None,
-             pass_list: str | None, prune: float | None, quantize: str | None, report_path: Path | None, verify: bool, verify_samples: int, latency: bool,
+             pass_list: str | None, prune: float | None, quantize: str | None, report_path: Path | None, plan_path: Path | None, verify: bool, verify_samples: int, latency: bool,
              max_abs_error: float | None, min_cosine: float | None, checks: tuple[str, ...], seed: int,
              overwrite_input: bool, input_shapes: tuple[str, ...], image_size, image_mean, image_std, image_scale,
              image_layout, image_order, image_resize, verbose: int, quiet: bool) -> None:  # fmt: skip
@@ -203,6 +212,8 @@ def optimize(model: Path, output: Path | None, calib: Path | None, calib_limit: 
 
     from .pipelines import pipeline_from_flags
 
+    if plan_path is not None and prune is None and recipe is None and not pass_list:
+        raise UsageError("--prune-plan needs --prune (or a recipe/--passes with prune-channels)")
     chosen = [name for name, given in (("--recipe", recipe), ("--passes", pass_list), ("--prune/--quantize", prune is not None or quantize is not None)) if given]
     if len(chosen) > 1:
         raise UsageError(f"give only one of {', '.join(chosen)}")
@@ -242,6 +253,10 @@ def optimize(model: Path, output: Path | None, calib: Path | None, calib_limit: 
         raise
     if report_path is not None:
         result.report.write_json(report_path)
+    if plan_path is not None:
+        from .pruning.plan import write_plan_artifact
+
+        write_plan_artifact(result.report.artifacts, plan_path)
     if not _State.quiet:
         click.echo(result.report.render())
         click.echo(f"\nwrote {result.output}" + (f" and {report_path}" if report_path else ""))

@@ -31,6 +31,7 @@ from onnxcomp.passes.quantize_codebook import QuantizeCodebook
 from onnxcomp.passes.quantize_dynamic import QuantizeDynamic
 from onnxcomp.passes.quantize_static import QuantizeStatic
 from onnxcomp.passes.quantize_weights import QuantizeWeights
+from onnxcomp.passes.sparsify import Sparsify
 
 from .errors import UsageError
 from .options import config_from_options
@@ -46,6 +47,7 @@ PASSES: Mapping[str, type[Pass]] = {
     "fold-channel-affine": FoldChannelAffine,
     "fold-pad": FoldPad,
     "prune-channels": PruneChannels,
+    "sparsify": Sparsify,
     "quantize-dynamic": QuantizeDynamic,
     "quantize-weights": QuantizeWeights,
     "convert-fp16": ConvertFp16,

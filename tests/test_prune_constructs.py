@@ -9,12 +9,12 @@ absorbs the changed summation order of the smaller layers.
 
 from __future__ import annotations
 
+import builders
 import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-import builders
 from onnxcomp.context import PassContext
 from onnxcomp.pass_manager import Check, PassManager
 from onnxcomp.registry import create_pass
@@ -134,6 +134,7 @@ def test_depthwise_conv_passes_channels_and_updates_group():
     net.conv("y", d, 8, 4, zero_in=zero)
     m = net.model([builders.value("x", [1, 3, 5, 5])], [builders.value("y", [1, 4, 5, 5])])
     out, step, artifacts = prune(m, ratio=0.25)
+    assert step.modified
     assert weight(out, "dw").shape == (6, 1, 3, 3) and attribute(out, "dw", "group") == 6
     assert len(artifacts["groups"][0]["layers"]) == 1  # the depthwise conv creates no channels of its own
     assert_unchanged(m, out)
@@ -162,6 +163,7 @@ def test_se_block_gate_is_coupled_with_the_gated_channels():
     net.conv("y", gated, 8, 3, zero_in=zero)
     m = net.model([builders.value("x", [1, 3, 4, 4])], [builders.value("y", [1, 3, 4, 4])])
     out, step, artifacts = prune(m, ratio=0.25, layer_ratios={"se1": 0.0})
+    assert step.modified
     gated_group = next(g for g in artifacts["groups"] if "conv1" in g["layers"])
     assert set(gated_group["layers"]) == {"conv1", "se2"}
     assert weight(out, "se2").shape == (6, 4, 1, 1) and weight(out, "se1").shape == (4, 6, 1, 1)
@@ -181,6 +183,7 @@ def test_flatten_into_gemm_removes_feature_blocks(flatten):
     net.node("Gemm", [f, net.const("fc_w", w), net.const("fc_b", np.ones(5, np.float32))], ["y"], transB=1)
     m = net.model([builders.value("x", [1, 2, 3, 3])], [builders.value("y", [1, 5])])
     out, step, _ = prune(m, ratio=0.25)
+    assert step.modified
     assert weight(out, "y").shape == (5, 27)
     if flatten == "Reshape":
         assert weight(out, "f", 1).tolist() == [1, 27]
@@ -221,6 +224,7 @@ def attention(seed=7, zero_head=True) -> onnx.ModelProto:
 def test_attention_heads_are_pruned_whole():
     m = attention()
     out, step, artifacts = prune(m, ratio=0.5)
+    assert step.modified
     heads = next(g for g in artifacts["groups"] if "q_mm" in g["layers"])
     assert set(heads["layers"]) == {"q_mm", "k_mm", "v_mm"} and heads["units"] == 2
     for name in ("q_mm", "k_mm", "v_mm"):
@@ -239,6 +243,7 @@ def test_unknown_op_freezes_its_channels_and_reports_why():
     net.conv("y", n, 8, 2)
     m = net.model([builders.value("x", [1, 3, 4, 4])], [builders.value("y", [1, 2, 4, 4])])
     out, step, artifacts = prune(m, ratio=0.25)
+    assert step.modified and step.summary["units_removed"] == 2
     frozen = {f["group"]: f["reasons"] for f in artifacts["frozen"]}
     assert any("LRN 'n'" in r for r in frozen["conv1"])
     assert any("graph output 'y'" in r for r in frozen["y"])

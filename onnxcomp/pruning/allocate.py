@@ -5,9 +5,8 @@ with the level:
 
 * uniform, local scope: every eligible group gets ``level``;
 * uniform, global scope: the globally least important ``level`` of all units;
-* sensitivity: a deviation threshold is chosen so that the unit-weighted mean
-  ratio equals ``level``; each group gets the largest ratio whose measured
-  deviation stays under the threshold (insensitive groups lose more).
+* sensitivity: ``level`` of all free units are removed where the measured
+  output deviation per removed unit is lowest (insensitive groups lose more).
 
 Groups matched by ``layer_ratios`` keep their given ratio; ``skip`` ones get 0.
 A MAC or latency target is met by bisection on the level.
@@ -15,13 +14,14 @@ A MAC or latency target is met by bisection on the level.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
 from .config import Allocation, PruneChannelsConfig, Scope
 from .groups import Group
-from .select import eligible_groups, global_ratios, matches
-from .sensitivity import Curve
+from .select import achievable_ratio, eligible_groups, global_ratios, matches
+from .sensitivity import GRID, Curve
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,24 @@ class Allocator:
 
     @property
     def sensitivity_groups(self) -> list[int]:
+        """Groups whose ratio the allocation chooses."""
         return sorted(self.free)
+
+    @property
+    def candidates(self) -> list[int]:
+        """Every group that may be pruned (chosen or given ratios)."""
+        return sorted({*self.free, *self.fixed})
+
+    def snap(self, index: int, ratio: float, up: bool = False) -> float:
+        """``ratio`` lowered (raised) to one group ``index`` realizes exactly (see :func:`achievable_ratio`)."""
+        return achievable_ratio(
+            self._sizes[index], ratio, round_to=self.config.round_to, min_channels=self.config.min_channels, up=up
+        )
+
+    def grid(self, group: Group) -> list[float]:
+        """Distinct realizable ratios near :data:`GRID` (up to ``max_ratio``) to measure ``group`` at."""
+        points = {self.snap(group.index, r) for r in GRID if r <= self.config.max_ratio}
+        return sorted(points - {0.0})
 
     def ratios(self, level: float) -> dict[int, float]:
         if self.config.allocation is Allocation.SENSITIVITY and self.curves:
@@ -74,23 +91,54 @@ class Allocator:
         return sum(ratios[i] * self._sizes[i] for i in self.free) / total if total else 0.0
 
     def _by_sensitivity(self, level: float) -> dict[int, float]:
-        def at(threshold: float) -> dict[int, float]:
-            return {
-                i: (self.curves[i].ratio_at(threshold, cap) if i in self.curves else min(level, cap))
-                for i, cap in self.free.items()
-            }
+        """Remove ``level`` of the free units at the least total deviation.
 
-        top = max((max(c.deviations) for c in self.curves.values()), default=0.0) or 1.0
-        low, high = 0.0, top
-        if self._weighted(at(high)) <= level:
-            return at(high)
-        for _ in range(50):
-            mid = (low + high) / 2
-            if self._weighted(at(mid)) < level:
-                low = mid
+        Each group's measured points (units removed, deviation) are reduced to
+        their lower convex hull from (0, 0); hull segments of all groups are
+        taken cheapest deviation-per-unit first until enough units are removed
+        (optimal when deviations add up and each group's curve is convex).
+        """
+        budget = level * sum(self._sizes[i] for i in self.free)
+        segments = []
+        for index, cap in self.free.items():
+            curve = self.curves.get(index)
+            if curve is None:
+                continue
+            units = self._sizes[index]
+            points = [(0.0, 0.0)] + [
+                (r * units, d) for r, d in zip(curve.ratios, curve.deviations) if r <= cap + 1e-9
+            ]
+            hull = _lower_hull(points)
+            for (u0, d0), (u1, d1) in itertools.pairwise(hull):
+                segments.append(((d1 - d0) / (u1 - u0), index, u0, u1))
+        segments.sort(key=lambda s: s[0])
+        removed = dict.fromkeys(self.free, 0.0)
+        taken, last = 0.0, None
+        for _, index, u0, u1 in segments:
+            if taken >= budget:
+                break
+            step = min(u1 - u0, budget - taken)
+            removed[index] = u0 + step
+            taken += step
+            last = index
+        ratios = {i: self.snap(i, removed[i] / self._sizes[i]) for i in self.free}
+        if last is not None and sum(ratios[i] * self._sizes[i] for i in ratios) < budget - 1e-9:
+            ratios[last] = min(self.snap(last, removed[last] / self._sizes[last], up=True), self.free[last])
+        return ratios
+
+
+def _lower_hull(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Lower convex hull of points sorted by x (monotone chain), from the first point."""
+    hull: list[tuple[float, float]] = []
+    for p in sorted(points):
+        while len(hull) >= 2:
+            (x1, y1), (x2, y2) = hull[-2], hull[-1]
+            if (x2 - x1) * (p[1] - y1) - (y2 - y1) * (p[0] - x1) <= 0:
+                hull.pop()
             else:
-                high = mid
-        return at(high)
+                break
+        hull.append(p)
+    return hull
 
 
 def search_level(measure: Callable[[float], float], target: float, *, high: float, steps: int = 12) -> float:

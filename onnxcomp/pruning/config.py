@@ -81,7 +81,7 @@ class PruneChannelsConfig(PassConfig):
     target_macs: float | None = None
     target_latency: float | None = None
     reconstruction: Reconstruction = Reconstruction.AUTO
-    ridge: float = 1e-2
+    ridge: float = 1.0
     calib_samples: int = 64
     plan: str | None = None
 

@@ -15,6 +15,9 @@ over every layer of the dependency group (group-summed):
   ReLU-like activations), with mean ``|x|`` breaking ties.
 * ``contribution``: ``sum over consumers of mean|x_c| * ||W[:, c]||_2``, the
   expected size of the channel's contribution to the next layers' outputs.
+* ``obs``: Optimal Brain Surgeon order: the consumers' output error after a
+  least-squares refit without the channel, removed greedily
+  (:mod:`onnxcomp.pruning.obs`); ``contribution`` ranks what it does not reach.
 * ``random``: a seeded control.
 
 Data criteria fall back to ``l2`` in a group where no channel was observed
@@ -42,11 +45,12 @@ class Criterion(enum.Enum):
     ACTIVATION = "activation"
     APOZ = "apoz"
     CONTRIBUTION = "contribution"
+    OBS = "obs"
     RANDOM = "random"
 
     @property
     def needs_data(self) -> bool:
-        return self in (Criterion.ACTIVATION, Criterion.APOZ, Criterion.CONTRIBUTION)
+        return self in (Criterion.ACTIVATION, Criterion.APOZ, Criterion.CONTRIBUTION, Criterion.OBS)
 
 
 WEIGHT_ROLES = (Role.SOURCE, Role.SINK, Role.DEPTHWISE)
@@ -68,7 +72,8 @@ def unit_scores(
     elif criterion is Criterion.BN_SCALE:
         per_channel = bn_scale(deps)
     else:
-        per_channel = activation_scores(criterion, deps, stats or {})
+        base = Criterion.CONTRIBUTION if criterion is Criterion.OBS else criterion
+        per_channel = activation_scores(base, deps, stats or {})
     fallback_scores = None
     scores: dict[int, float] = {}
     fell_back = []

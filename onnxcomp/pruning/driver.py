@@ -31,10 +31,11 @@ from .criteria import Criterion, unit_scores
 from .groups import Group, build_groups, protected_sets, removal_of
 from .macs import estimate_macs, layer_macs
 from .members import Removal
+from .obs import collect_layer_stats, compensated_arrays, obs_ranking
 from .plan import build_plan, load_plan, removed_units
 from .reconstruct import compensate_bias, find_sinks, refit_layers
 from .rewrite import apply_removal
-from .select import select_units
+from .select import kept_count, select_units
 from .sensitivity import sweep
 from .shapes import concrete_shapes, probe_feed
 from .stats import collect_stats
@@ -72,10 +73,10 @@ def prune_channels(graph: gs.Graph, ctx: PassContext, config: PruneChannelsConfi
         removed, level = _choose(setup, config, ctx, scores, extra)
     removal = removal_of(deps, removed)
     summary = _summary(setup, config, removed, level, fell_back)
-    if not removal.any:
-        ctx.artifacts[ARTIFACT] = _artifact(setup, None, extra)
-        return PassResult(graph, False, summary)
     plan = build_plan(deps, groups, removal)
+    if not removal.any:
+        ctx.artifacts[ARTIFACT] = _artifact(setup, plan, extra)
+        return PassResult(graph, False, summary)
     sinks = find_sinks(deps, removal, stats) if setup.reconstruction is not Reconstruction.NONE else []
     summary.update(apply_removal(deps, removal))
     clear_intermediate_shapes(graph)
@@ -128,11 +129,29 @@ def _prepare(graph: gs.Graph, ctx: PassContext, config: PruneChannelsConfig) -> 
 def _choose(setup: _Setup, config: PruneChannelsConfig, ctx: PassContext, scores, extra) -> tuple[set[int], float]:
     deps, groups = setup.deps, setup.groups
     curves = None
-    if config.allocation is Allocation.SENSITIVITY:
+    allocator = Allocator(groups, scores, config)
+
+    def removed_at(group: Group, ratio: float) -> int:
+        units = len(group.units)
+        return units - kept_count(units, ratio, round_to=config.round_to, min_channels=config.min_channels)
+
+    compensated = None
+    if setup.criterion is Criterion.OBS:
+        layers = collect_layer_stats(setup.original, deps, setup.data, seed=ctx.seed, progress=ctx.progress)
+        scores, results = obs_ranking(
+            deps, groups, layers, scores, allocator.candidates, ridge=config.ridge,
+            removed_at=removed_at, max_ratio=config.max_ratio, grid=allocator.grid, progress=ctx.progress,
+        )  # fmt: skip
         allocator = Allocator(groups, scores, config)
+
+        def compensated(index: int, ratio: float):
+            views = results[index].checkpoints.get(removed_at(groups[index], ratio)) if index in results else None
+            return compensated_arrays(layers, views) if views else None
+
+    if config.allocation is Allocation.SENSITIVITY:
         curves = sweep(
-            setup.original, deps, groups, scores, setup.data,
-            eligible=allocator.sensitivity_groups, progress=ctx.progress,
+            setup.original, deps, groups, scores, setup.data, eligible=allocator.sensitivity_groups,
+            grid=allocator.grid, compensated=compensated, progress=ctx.progress,
         )  # fmt: skip
         extra["sensitivity"] = {
             groups[i].name: dict(zip(map(str, c.ratios), map(float, c.deviations))) for i, c in curves.items()
@@ -205,9 +224,6 @@ def _summary(setup: _Setup, config, removed: set[int], level: float | None, fell
     return summary
 
 
-def _artifact(setup: _Setup, plan, extra: dict[str, Any]) -> dict[str, Any]:
+def _artifact(setup: _Setup, plan: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     frozen = [{"group": g.name, "channels": g.frozen, "reasons": g.reasons} for g in setup.groups if g.frozen]
-    out = {"groups": [g.to_dict() for g in setup.groups], "frozen": frozen, **extra}
-    if plan is not None:
-        out["plan"] = plan
-    return out
+    return {"groups": [g.to_dict() for g in setup.groups], "frozen": frozen, "plan": plan, **extra}

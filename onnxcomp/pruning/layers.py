@@ -19,7 +19,30 @@ import dataclasses
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..graph import Namer, add_constant, attr, constant_value, is_onnx_op, private_constant, set_constant
+from ..graph import (
+    Namer,
+    add_constant,
+    attr,
+    constant_value,
+    is_onnx_op,
+    private_constant,
+    set_constant,
+)
+
+ROWS_PER_LAYER = 8192
+"""Regression rows gathered per layer over all calibration samples (for a conv:
+output positions, drawn at random)."""
+
+
+class RowSampler:
+    """Draws the rows (output positions) of each sample used to fit or measure a layer."""
+
+    def __init__(self, samples: int | None, seed: int):
+        self.per_sample = max(1, -(-ROWS_PER_LAYER // (samples or 64)))
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, count: int) -> np.ndarray:
+        return np.sort(self.rng.choice(count, size=min(self.per_sample, count), replace=False))
 
 
 @dataclasses.dataclass
@@ -139,3 +162,59 @@ def _set_matmul_bias(graph: gs.Graph, namer: Namer, node: gs.Node, values: np.nd
     node.outputs[0] = hidden
     bias = add_constant(namer, f"{node.name or 'MatMul'}_bias", values)
     graph.nodes.append(gs.Node("Add", name=namer(f"{node.name or 'MatMul'}_bias_add"), inputs=[hidden, bias], outputs=[out]))
+
+
+def output_rows(kind: str, y: np.ndarray) -> np.ndarray:
+    """A layer output as ``[rows, out]`` (conv: one row per batch x output position)."""
+    if kind == "conv":
+        return np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
+    return y.reshape(-1, y.shape[-1])
+
+
+def input_features(node: gs.Node, kind: str, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The layer's input features producing output ``rows``: im2col patches for a
+    conv (ordered like the flattened weight: channel, then kernel position)."""
+    if kind != "conv":
+        return x.reshape(-1, x.shape[-1])[rows]
+    kernel = [int(k) for k in np.asarray(constant_value(node.inputs[1])).shape[2:]]
+    strides = list(attr(node, "strides", [1, 1]))
+    dilations = list(attr(node, "dilations", [1, 1]))
+    pads = list(attr(node, "pads", [0, 0, 0, 0]))
+    _, c, h, w = x.shape
+    out_h = (h + pads[0] + pads[2] - dilations[0] * (kernel[0] - 1) - 1) // strides[0] + 1
+    out_w = (w + pads[1] + pads[3] - dilations[1] * (kernel[1] - 1) - 1) // strides[1] + 1
+    batch, rest = np.divmod(rows, out_h * out_w)
+    oh, ow = np.divmod(rest, out_w)
+    padded = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    ih = oh[:, None] * strides[0] + np.arange(kernel[0])[None, :] * dilations[0]
+    iw = ow[:, None] * strides[1] + np.arange(kernel[1])[None, :] * dilations[1]
+    channels = np.arange(c)[None, :, None, None]
+    patches = padded[batch[:, None, None, None], channels, ih[:, None, :, None], iw[:, None, None, :]]
+    return patches.reshape(rows.size, -1)
+
+
+def layer_arrays(node: gs.Node, kind: str, view: LinearView) -> dict[str, np.ndarray]:
+    """``view`` in the layer's own constants, by tensor name (biases only where
+    the layer already has a constant for them)."""
+    weight_t = node.inputs[1]
+    weight = np.asarray(constant_value(weight_t))
+    out: dict[str, np.ndarray] = {}
+    bias_t = None
+    if kind == "conv":
+        out[weight_t.name] = view.matrix.reshape(weight.shape)
+        bias_t = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
+        bias = view.bias
+    elif kind == "gemm":
+        matrix = view.matrix / float(attr(node, "alpha", 1.0))
+        out[weight_t.name] = matrix if attr(node, "transB", 0) else matrix.T
+        bias_t = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
+        bias = view.bias / (float(attr(node, "beta", 1.0)) or 1.0)
+    else:
+        out[weight_t.name] = view.matrix.T
+        add = bias_add(node)
+        bias_t = add.inputs[_add_constant(add)[0]] if add is not None else None
+        bias = view.bias
+    if bias_t is not None:
+        current = np.asarray(constant_value(bias_t))
+        out[bias_t.name] = np.broadcast_to(bias, current.shape) if current.size == bias.size else bias
+    return {name: np.asarray(value, dtype=weight.dtype) for name, value in out.items()}

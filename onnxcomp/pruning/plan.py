@@ -150,3 +150,25 @@ def removed_units(plan: dict[str, Any], deps: Dependencies, source: str = "pruni
     if clash:
         raise UsageError(f"{source}: keeps channels in one weight that it removes from a coupled weight ({len(clash)} channel groups)")
     return gone
+
+
+def write_plan(plan: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write ``plan`` as JSON, atomically."""
+    from ..model_io import _temporary_sibling, _write_bytes
+
+    path = Path(path)
+    with _temporary_sibling(path) as tmp:
+        _write_bytes(tmp, (json.dumps(plan, indent=1) + "\n").encode())
+        os.replace(tmp, path)
+
+
+def write_plan_artifact(artifacts: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write the plan ``prune-channels`` left in a run's artifacts.
+
+    Raises:
+        UsageError: The run did not prune channels.
+    """
+    plan = artifacts.get("prune-channels", {}).get("plan")
+    if plan is None:
+        raise UsageError(f"--prune-plan {path}: the pipeline did not run prune-channels; no plan written")
+    write_plan(plan, path)

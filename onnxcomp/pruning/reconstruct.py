@@ -21,6 +21,10 @@ inputs. Two repairs, both on calibration data:
   ``M0``, and ``b'`` includes the bias compensation. A conv is fitted on
   im2col patches at a random subset of output positions per sample.
 
+When the layer's output (after its bias ``Add``) feeds a residual ``Add``,
+the target is the original *sum* minus the pruned model's other branch, so the
+refit also absorbs the error the residual stream has accumulated.
+
 Only output channels the layer keeps are fitted. Layers of other kinds
 (grouped, transposed, 1-D/3-D convs) are left as pruned.
 """
@@ -36,20 +40,25 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..data import Dataset
-from ..graph import Namer, attr
+from ..graph import Namer, constant_value, is_onnx_op
 from ..progress import ProgressFactory, null_progress
 from ..runtime import OptLevel, create_session
 from .analysis import Dependencies
-from .layers import LinearView, layer_kind, read_layer, write_layer
+from .layers import (
+    LinearView,
+    RowSampler,
+    bias_add,
+    input_features,
+    layer_kind,
+    output_rows,
+    read_layer,
+    write_layer,
+)
 from .members import Removal, Role
 from .stats import ChannelStats
 from .truncate import truncated_model
 
 logger = logging.getLogger(__name__)
-
-ROWS_PER_LAYER = 4096
-"""Regression rows gathered per layer over all samples (conv output positions)."""
-
 
 @dataclasses.dataclass
 class Sink:
@@ -62,6 +71,8 @@ class Sink:
     original: LinearView
     kernel: int
     input_mean: np.ndarray | None
+    target: str  # tensor equal to M x + b (original model), or the residual sum it feeds
+    partner: str | None  # the residual Add's other operand (read from the pruned model)
 
     @property
     def kept_features(self) -> np.ndarray:
@@ -69,7 +80,7 @@ class Sink:
 
 
 def find_sinks(deps: Dependencies, removal: Removal, stats: dict[str, ChannelStats] | None) -> list[Sink]:
-    """Layers losing input channels that can be refitted, in graph order (call before the rewrite)."""
+    """Refittable layers losing input channels, in graph order (call before the rewrite)."""
     sources = {id(r.node): r for r in deps.records.slices if r.role is Role.SOURCE and r.ids.ndim == 1}
     means = {}
     for obs in deps.records.observations:
@@ -84,13 +95,35 @@ def find_sinks(deps: Dependencies, removal: Removal, stats: dict[str, ChannelSta
         kind = layer_kind(record.node)
         if kept_in.all() or kind is None:
             continue
-        view = read_layer(record.node, kind)
-        source = sources.get(id(record.node))
+        node = record.node
+        view = read_layer(node, kind)
+        source = sources.get(id(node))
         kept_out = removal.kept_along(source.ids, 0) if source is not None else np.ones(view.matrix.shape[0], bool)
         kernel = view.matrix.shape[1] // kept_in.size
-        sinks.append(Sink(record.node, kind, kept_in, kept_out, view, kernel, means.get(id(record.node))))
+        target, partner = _target_of(node, kind, deps.shapes)
+        sinks.append(Sink(node, kind, kept_in, kept_out, view, kernel, means.get(id(node)), target, partner))
     sinks.sort(key=lambda s: order.get(id(s.node), 0))
     return sinks
+
+
+def _target_of(node: gs.Node, kind: str, shapes) -> tuple[str, str | None]:
+    """The tensor holding ``M x + b`` and, if it feeds a residual Add of the
+    same shape, that Add's output and other operand."""
+    out = node.outputs[0]
+    if kind == "matmul":
+        add = bias_add(node)
+        if add is not None:
+            out = add.outputs[0]
+    readers = list(out.outputs)
+    if len(readers) == 1 and is_onnx_op(readers[0], "Add") and len(readers[0].inputs) == 2:
+        add = readers[0]
+        other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
+        if (
+            constant_value(other) is None
+            and shapes.get(other.name) == shapes.get(out.name) == shapes.get(add.outputs[0].name)
+        ):
+            return add.outputs[0].name, other.name
+    return out.name, None
 
 
 def compensate_bias(graph: gs.Graph, sinks: Sequence[Sink]) -> int:
@@ -174,15 +207,17 @@ def refit_layers(
     bar = progress(len(sinks), "reconstructing layers", "layer")
     try:
         for index, sink in enumerate(sinks):
-            name = sink.node.inputs[0].name
-            session = create_session(truncated_model(export(graph), [name]), level=OptLevel.ALL)
+            names = [sink.node.inputs[0].name] + ([sink.partner] if sink.partner else [])
+            session = create_session(truncated_model(export(graph), names), level=OptLevel.ALL)
             moments = _Moments()
             for sample, feed in enumerate(data):
                 if sample >= len(targets[index]):
                     break
                 rows, y = targets[index][sample]
-                x = session.run([name], feed)[0]
-                moments.add(_features(sink, x, rows), y)
+                values = session.run(names, feed)
+                if sink.partner:
+                    y = y - output_rows(sink.kind, values[1])[rows]
+                moments.add(input_features(sink.node, sink.kind, values[0], rows), y)
             current = read_layer(sink.node, sink.kind)
             fitted = moments.solve(current, ridge)
             before, after = moments.mse(_best_bias(moments, current)), moments.mse(fitted)
@@ -204,44 +239,13 @@ def _collect_targets(original, data, sinks, seed, progress) -> list[list[tuple[n
     """Original outputs of every sink at sampled rows: per sink, per sample, (rows, y)."""
     from ..activations import iterate_activations
 
-    names = [s.node.outputs[0].name for s in sinks]
-    size = data.size() or 64
-    per_sample = max(1, -(-ROWS_PER_LAYER // size))
-    rng = np.random.default_rng(seed)
+    names = [s.target for s in sinks]
+    sample_rows = RowSampler(data.size(), seed)
     out: list[list] = [[] for _ in sinks]
     for _, values in iterate_activations(original, data, names, progress=progress, desc="reconstruction targets"):
         for k, sink in enumerate(sinks):
             y = values[names[k]]
-            rows_y = _output_rows(sink, y)
-            count = rows_y.shape[0]
-            rows = np.sort(rng.choice(count, size=min(per_sample, count), replace=False))
+            rows_y = output_rows(sink.kind, y)
+            rows = sample_rows(rows_y.shape[0])
             out[k].append((rows, rows_y[rows][:, sink.kept_out].astype(np.float32)))
     return out
-
-
-def _output_rows(sink: Sink, y: np.ndarray) -> np.ndarray:
-    """Layer output as ``[rows, out]`` (conv: one row per batch x output position)."""
-    if sink.kind == "conv":
-        return np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
-    return y.reshape(-1, y.shape[-1])
-
-
-def _features(sink: Sink, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Input features of the layer at output ``rows``: im2col patches for a conv."""
-    if sink.kind != "conv":
-        return x.reshape(-1, x.shape[-1])[rows]
-    node = sink.node
-    kernel = [int(k) for k in np.asarray(node.inputs[1].values).shape[2:]]
-    strides = list(attr(node, "strides", [1, 1]))
-    dilations = list(attr(node, "dilations", [1, 1]))
-    pads = list(attr(node, "pads", [0, 0, 0, 0]))
-    n, c, h, w = x.shape
-    out_h = (h + pads[0] + pads[2] - dilations[0] * (kernel[0] - 1) - 1) // strides[0] + 1
-    out_w = (w + pads[1] + pads[3] - dilations[1] * (kernel[1] - 1) - 1) // strides[1] + 1
-    batch, rest = np.divmod(rows, out_h * out_w)
-    oh, ow = np.divmod(rest, out_w)
-    padded = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    ih = oh[:, None] * strides[0] + np.arange(kernel[0])[None, :] * dilations[0]
-    iw = ow[:, None] * strides[1] + np.arange(kernel[1])[None, :] * dilations[1]
-    patches = padded[batch[:, None, None, None], np.arange(c)[None, :, None, None], ih[:, None, :, None], iw[:, None, None, :]]
-    return patches.reshape(rows.size, -1)

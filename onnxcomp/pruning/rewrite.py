@@ -10,6 +10,7 @@ untouched node keeps its value there).
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import numpy as np
@@ -59,7 +60,7 @@ def apply_removal(deps: Dependencies, removal: Removal) -> dict[str, int]:
     for record in records.split_sizes:
         kept = removal.kept_along(record.ids, record.axis)
         offsets = np.cumsum((0, *record.sizes))
-        sizes = [int(kept[a:b].sum()) for a, b in zip(offsets[:-1], offsets[1:])]
+        sizes = [int(kept[a:b].sum()) for a, b in itertools.pairwise(offsets)]
         counts["shape_constants"] += _set_split_sizes(graph, namer, record.node, sizes)
     return counts
 

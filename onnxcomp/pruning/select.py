@@ -31,6 +31,30 @@ def kept_count(units: int, ratio: float, *, round_to: int = 1, min_channels: int
     return int(min(units, max(keep, min_channels, 1)))
 
 
+def _removals(units: int, round_to: int, min_channels: int) -> list[int]:
+    """Unit counts a group can lose exactly (kept counts rounded like :func:`kept_count`)."""
+    if round_to > 1 and units >= round_to:
+        keeps = [units, *range(round_to, units, round_to)]
+    else:
+        keeps = list(range(1, units + 1))
+    return sorted(units - k for k in keeps if k >= min(min_channels, units))
+
+
+def achievable_ratio(
+    units: int, ratio: float, *, round_to: int = 1, min_channels: int = 1, up: bool = False
+) -> float:
+    """The largest ratio not above ``ratio`` (with ``up``: the smallest not
+    below it) that :func:`kept_count` realizes exactly."""
+    if not units:
+        return 0.0
+    removals = _removals(units, round_to, min_channels)
+    if up:
+        target = int(math.ceil(ratio * units - 1e-9))
+        return min((r for r in removals if r >= target), default=removals[-1]) / units
+    target = int(math.floor(ratio * units + 1e-9))
+    return max((r for r in removals if r <= target), default=0) / units
+
+
 def select_units(
     groups: Sequence[Group],
     scores: Mapping[int, float],

@@ -4,8 +4,10 @@ Removing channels is simulated without rebuilding the model: the layers that
 consume them get zero weights for those inputs, which is exactly what removal
 does to everything downstream (a removed channel no longer reaches any
 consumer), except where channels are also normalized together (LayerNorm over
-a pruned hidden dimension), where it is a close estimate. Each (group, ratio)
-point costs one onnxruntime session and a few calibration samples.
+a pruned hidden dimension), where it is a close estimate. With the ``obs``
+criterion the consumers get their refitted weights instead, so the sweep sees
+the model as reconstruction will leave it. Each (group, ratio) point costs one
+onnxruntime session and a few calibration samples.
 
 Deviation is ``sum ||y' - y||^2 / sum ||y||^2`` over the float outputs.
 """
@@ -15,13 +17,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from ..data import Dataset
+from ..graph import constant_value
 from ..progress import ProgressFactory, null_progress
 from ..runtime import OptLevel, create_session
 from .analysis import Dependencies
@@ -41,47 +44,41 @@ class Curve:
     ratios: tuple[float, ...]
     deviations: tuple[float, ...]
 
-    def ratio_at(self, threshold: float, cap: float) -> float:
-        """Largest ratio (≤ cap) whose interpolated deviation stays ≤ threshold."""
-        xs = np.array((0.0, *self.ratios))
-        ys = np.maximum.accumulate(np.array((0.0, *self.deviations)))
-        keep = xs <= cap + 1e-12
-        xs, ys = xs[keep], ys[keep]
-        if threshold >= ys[-1]:
-            return float(xs[-1])
-        k = int(np.searchsorted(ys, threshold, side="right"))
-        if k == 0:
-            return 0.0
-        x0, x1, y0, y1 = xs[k - 1], xs[k], ys[k - 1], ys[k]
-        return float(x0 + (x1 - x0) * (threshold - y0) / (y1 - y0)) if y1 > y0 else float(x0)
-
 
 @contextlib.contextmanager
-def masked_inputs(model: onnx.ModelProto, deps: Dependencies, removal: Removal) -> Iterator[int]:
-    """Temporarily zero the consumer weights of removed channels in ``model``.
-
-    Yields the number of weights changed; restores them on exit.
-    """
+def patched(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> Iterator[int]:
+    """Temporarily replace initializers of ``model`` by name; yields how many were replaced."""
     index = {t.name: t for t in model.graph.initializer}
     saved: dict[str, onnx.TensorProto] = {}
     try:
-        for record in deps.records.slices:
-            if record.role is not Role.SINK or record.ids.ndim != 1:
+        for name, values in arrays.items():
+            tensor = index.get(name)
+            if tensor is None:
                 continue
-            gone = removal.of(record.ids)
-            tensor = index.get(record.tensor.name)
-            if tensor is None or not gone.any():
-                continue
-            if tensor.name not in saved:
-                saved[tensor.name] = onnx.TensorProto()
-                saved[tensor.name].CopyFrom(tensor)
-            values = numpy_helper.to_array(tensor).copy()
-            np.moveaxis(values, record.axes[0], 0)[gone] = 0
-            tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
+            saved[name] = onnx.TensorProto()
+            saved[name].CopyFrom(tensor)
+            tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(values), name))
         yield len(saved)
     finally:
         for name, original in saved.items():
             index[name].CopyFrom(original)
+
+
+def masked_arrays(deps: Dependencies, removal: Removal) -> dict[str, np.ndarray]:
+    """Consumer weights with the columns of removed channels zeroed, by tensor name."""
+    out: dict[str, np.ndarray] = {}
+    for record in deps.records.slices:
+        if record.role is not Role.SINK or record.ids.ndim != 1 or not record.tensor.name:
+            continue
+        gone = removal.of(record.ids)
+        if not gone.any():
+            continue
+        values = out.get(record.tensor.name)
+        if values is None:
+            values = np.array(constant_value(record.tensor), copy=True)
+        np.moveaxis(values, record.axes[0], 0)[gone] = 0
+        out[record.tensor.name] = values
+    return out
 
 
 def _deviation(reference: list[list[np.ndarray]], session, samples: Sequence[dict]) -> float:
@@ -105,10 +102,16 @@ def sweep(
     *,
     eligible: Sequence[int],
     samples: int = 8,
-    grid: Sequence[float] = GRID,
+    grid: Callable[[Group], Sequence[float]] = lambda group: GRID,
+    compensated: Callable[[int, float], dict[str, np.ndarray] | None] | None = None,
     progress: ProgressFactory = null_progress,
 ) -> dict[int, Curve]:
-    """Deviation curve of every eligible group (group index -> curve)."""
+    """Deviation curve of every eligible group (group index -> curve).
+
+    ``grid(group)`` gives the ratios to measure (ones the group can realize).
+    ``compensated(group, ratio)`` may give refitted consumer weights for that
+    point (by tensor name); otherwise the removed channels' columns are zeroed.
+    """
     from .select import select_units
 
     feeds = []
@@ -120,21 +123,27 @@ def sweep(
     reference = [[np.asarray(v) for v in base.run(None, feed)] for feed in feeds]
     curves: dict[int, Curve] = {}
     by_index = {g.index: g for g in groups}
-    bar = progress(len(eligible) * len(grid), "sensitivity sweep", "point")
+    points = {index: list(grid(by_index[index])) for index in eligible}
+    bar = progress(sum(len(p) for p in points.values()), "sensitivity sweep", "point")
     try:
         for index in eligible:
             group = by_index[index]
+            if not points[index]:
+                continue
             deviations = []
-            for ratio in grid:
-                removed = select_units([group], scores, {index: ratio})
-                with masked_inputs(model, deps, removal_of(deps, removed)) as changed:
+            for ratio in points[index]:
+                arrays = compensated(index, ratio) if compensated is not None else None
+                if arrays is None:
+                    removed = select_units([group], scores, {index: ratio})
+                    arrays = masked_arrays(deps, removal_of(deps, removed))
+                with patched(model, arrays) as changed:
                     if not changed:
                         deviations.append(0.0)
                     else:
                         session = create_session(model, level=OptLevel.ALL)
                         deviations.append(_deviation(reference, session, feeds))
                 bar.update(1)
-            curves[index] = Curve(tuple(grid), tuple(deviations))
+            curves[index] = Curve(tuple(points[index]), tuple(deviations))
             logger.debug("sensitivity %s: %s", group.name, deviations)
     finally:
         bar.close()

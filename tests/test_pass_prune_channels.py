@@ -1,0 +1,189 @@
+"""The prune-channels pass: options, reconstruction, plans, honesty of ``modified``."""
+
+from __future__ import annotations
+
+import json
+
+import builders
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+import onnxcomp
+from onnxcomp.analysis import model_stats
+from onnxcomp.context import PassContext
+from onnxcomp.errors import UsageError
+from onnxcomp.pass_manager import Check, PassManager
+from onnxcomp.pipelines import pipeline_from_flags
+from onnxcomp.pruning.plan import load_plan, write_plan
+from onnxcomp.registry import create_pass
+
+
+def conv_net(seed: int = 0, width: int = 32, head_scale: float = 1.0) -> onnx.ModelProto:
+    """x[N,8,8,8] -> Conv 3x3 (width) -> Relu -> Conv 3x3 (width) -> Relu -> Conv 1x1 (8) -> y.
+
+    Weights are seeded; ``head_scale`` scales the last conv (a weakly used
+    second hidden layer when small).
+    """
+    rng = np.random.default_rng(seed)
+    inits = [
+        builders.tensor("w1", rng.normal(0, 0.2, (width, 8, 3, 3)).astype(np.float32)),
+        builders.tensor("b1", rng.normal(0.1, 0.1, width).astype(np.float32)),
+        builders.tensor("w2", rng.normal(0, 0.1, (width, width, 3, 3)).astype(np.float32)),
+        builders.tensor("b2", rng.normal(0.1, 0.1, width).astype(np.float32)),
+        builders.tensor("w3", (head_scale * rng.normal(0, 0.3, (8, width, 1, 1))).astype(np.float32)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "w3"], ["y"], name="conv3"),
+    ]
+    return builders.model(nodes, [builders.value("x", ["N", 8, 8, 8])], [builders.value("y", ["N", 8, 8, 8])], inits)
+
+
+def samples(count: int, seed: int) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.normal(0.3, 1.0, (1, 8, 8, 8)).astype(np.float32)} for _ in range(count)]
+
+
+def prune(model, data=None, **options):
+    options = {"round_to": 1, **options}
+    manager = PassManager([create_pass("prune-channels", options)], checks=(Check.CHECKER, Check.ORT))
+    ctx = PassContext(template=model, data=data)
+    result = manager.run(model, ctx)
+    return result.model, result.steps[0], ctx.artifacts["prune-channels"]
+
+
+def relative_error(reference, candidate, data) -> float:
+    num = den = 0.0
+    for feed in data:
+        (a,), (b,) = builders.run(reference, feed), builders.run(candidate, feed)
+        num += float(np.sum((a - b) ** 2))
+        den += float(np.sum(a**2))
+    return num / den
+
+
+def dataset(feeds):
+    from onnxcomp.data import ListDataset
+
+    return ListDataset(feeds)
+
+
+def test_reconstruction_reduces_output_error_on_held_out_data():
+    m = conv_net(seed=1)
+    calib, held_out = dataset(samples(32, seed=2)), samples(8, seed=3)
+    errors = {}
+    for mode in ("none", "bias", "least-squares"):
+        out, step, _ = prune(m, calib, ratio=0.5, criterion="l2", reconstruction=mode)
+        assert step.summary["units_removed"] == 32
+        errors[mode] = relative_error(m, out, held_out)
+    # Same channels removed each time; each repair must beat the previous one by a margin.
+    assert errors["bias"] < 0.9 * errors["none"], errors
+    assert errors["least-squares"] < 0.9 * errors["bias"], errors
+
+
+def test_default_criterion_and_reconstruction_follow_data():
+    m = conv_net(seed=4)
+    _, without, _ = prune(m, ratio=0.25)
+    assert without.summary["criterion"] == "l2" and "layers_refitted" not in without.summary
+    _, with_data, _ = prune(m, dataset(samples(8, seed=5)), ratio=0.25)
+    assert with_data.summary["criterion"] == "contribution" and with_data.summary["layers_refitted"] == 2
+
+
+def test_data_criteria_without_data_fail_clearly():
+    with pytest.raises(UsageError, match="criterion 'activation' needs calibration data"):
+        prune(conv_net(), ratio=0.25, criterion="activation")
+
+
+def test_modified_is_honest():
+    m = conv_net(seed=6)
+    out, step, _ = prune(m, ratio=0.0)
+    assert not step.modified and step.summary["units_removed"] == 0
+    assert [t.name for t in out.graph.initializer] == [t.name for t in m.graph.initializer]
+    _, step, _ = prune(m, ratio=0.5, skip=("conv*",))
+    assert not step.modified
+    _, step, _ = prune(m, ratio=0.5)
+    assert step.modified
+
+
+def kept(model: onnx.ModelProto, name: str) -> int:
+    return {t.name: t for t in model.graph.initializer}[name].dims[0]
+
+
+def test_skip_layer_ratios_and_round_to():
+    m = conv_net(seed=7)
+    out, _, _ = prune(m, ratio=0.5, skip=("conv2",), layer_ratios={"w1": 0.25})
+    assert kept(out, "w1") == 24 and kept(out, "w2") == 32
+    out, _, _ = prune(m, ratio=0.3, round_to=8)
+    assert kept(out, "w1") == 24 and kept(out, "w2") == 24
+
+
+def test_global_scope_prunes_groups_unevenly_to_the_same_total():
+    m = conv_net(seed=8, width=32)
+    rng = np.random.default_rng(9)
+    w1 = numpy_helper.to_array(m.graph.initializer[0]).copy()
+    w1[:16] *= rng.uniform(0.01, 0.05, (16, 1, 1, 1)).astype(np.float32)  # half of conv1's filters are tiny
+    m.graph.initializer[0].CopyFrom(numpy_helper.from_array(w1, "w1"))
+    out, step, _ = prune(m, ratio=0.25, scope="global", criterion="l2")
+    assert step.summary["units_removed"] == 16
+    assert kept(out, "w1") < 24 < kept(out, "w2")
+
+
+def test_target_macs_is_met_and_estimated_exactly():
+    m = conv_net(seed=10)
+    feed = samples(1, seed=11)[0]
+    out, step, artifacts = prune(m, ratio=0.0, target_macs=0.5)
+    before = model_stats(m, sample=feed).macs
+    after = model_stats(out, sample=feed).macs
+    assert after <= 0.5 * before
+    assert after == pytest.approx(artifacts["macs_kept_estimate"] * before, rel=1e-6)
+    assert 0.0 < step.summary["ratio_found"] < 0.9
+
+
+def test_sensitivity_allocation_prunes_the_insensitive_group_more():
+    m = conv_net(seed=12, head_scale=0.05)
+    w2 = numpy_helper.to_array(m.graph.initializer[2]).copy()
+    m.graph.initializer[2].CopyFrom(numpy_helper.from_array(w2 * 20, "w2"))  # conv1's channels matter a lot
+    out, step, artifacts = prune(m, dataset(samples(16, seed=13)), ratio=0.4, allocation="sensitivity", reconstruction="none")
+    assert set(artifacts["sensitivity"]) == {"conv1", "conv2"}
+    assert kept(out, "w2") < kept(out, "w1")
+    assert step.summary["units_removed"] >= 0.4 * 64
+
+
+def test_plan_round_trips_and_reapplies(tmp_path):
+    m = conv_net(seed=14)
+    data = dataset(samples(8, seed=15))
+    out, _, artifacts = prune(m, data, ratio=0.5, reconstruction="none")
+    plan = artifacts["plan"]
+    path = tmp_path / "plan.json"
+    write_plan(plan, path)
+    assert load_plan(path) == json.loads(json.dumps(plan))
+    assert plan["weights"]["w2"]["keep"]["0"] == plan["weights"]["w3"]["keep"]["1"]
+    again, step, _ = prune(m, ratio=0.1, plan=str(path), reconstruction="none")
+    assert step.modified
+    for a, b in zip(out.graph.initializer, again.graph.initializer):
+        np.testing.assert_array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
+
+
+def test_plan_for_another_model_is_refused(tmp_path):
+    path = tmp_path / "plan.json"
+    _, _, artifacts = prune(conv_net(seed=16, width=32), ratio=0.5)
+    write_plan(artifacts["plan"], path)
+    with pytest.raises(UsageError, match="keeps indices outside"):
+        prune(conv_net(seed=16, width=16), plan=str(path))
+    path.write_text('{"format": "something else"}')
+    with pytest.raises(UsageError, match="not an onnxcomp pruning plan"):
+        prune(conv_net(), plan=str(path))
+
+
+def test_prune_flag_runs_through_optimize_and_reports():
+    m = conv_net(seed=17)
+    feeds = samples(8, seed=18)
+    result = onnxcomp.optimize(m, pipeline_from_flags(prune=0.5), data=feeds, latency=False)
+    step = next(s for s in result.report.steps if s.name == "prune-channels")
+    assert step.modified and result.report.after.params < result.report.before.params
+    assert "plan" in result.report.artifacts["prune-channels"]
+    assert all(v == "ok" for v in result.report.verification.loads.values())
