@@ -32,14 +32,14 @@ from onnxcomp.context import PassContext
 from onnxcomp.errors import OutputError, UsageError
 from onnxcomp.model_io import default_opset
 from onnxcomp.pass_base import Pass, PassConfig, PassResult, Stage
-from onnxcomp.quantization.calibration import collect_statistics, model_fingerprint
 from onnxcomp.quantization.bias_correction import corrected_biases, input_channel_means
+from onnxcomp.quantization.calibration import collect_statistics, model_fingerprint
 from onnxcomp.quantization.holdout import split_holdout
-from onnxcomp.quantization.reconstruction import input_hessians, reconstructed_values
 from onnxcomp.quantization.observers import RangeMethod, Statistics
 from onnxcomp.quantization.opset import ensure_opset
 from onnxcomp.quantization.placement import LayerPolicy, PlacementOptions
 from onnxcomp.quantization.qparams import QuantType
+from onnxcomp.quantization.reconstruction import input_hessians, reconstructed_values
 from onnxcomp.quantization.sensitivity import Evaluator, Metric, choose_float_layers
 from onnxcomp.quantization.sqnr_report import sqnr_rows, tensor_sqnr
 from onnxcomp.quantization.static import (
@@ -239,7 +239,7 @@ class QuantizeStatic(Pass):
 
     def _reconstruct(self, quantizer: StaticQuantizer, plan, data, ctx: PassContext) -> dict:
         """Integer weights of every quantized layer by rounding reconstruction."""
-        graph, plan = quantizer.plan()
+        _, plan = quantizer.plan()
         params = group_params(quantizer.stats, plan, quantizer.options)
         hessians = input_hessians(
             quantizer.model, data, plan.layers, samples=self.config.recovery_samples, seed=ctx.seed, progress=ctx.progress

@@ -358,27 +358,24 @@ def _mse_range(stats: Statistics, t: int, qtype: QuantType, symmetric: bool) -> 
         return stats.minimum[t], stats.maximum[t]
     coarse = np.exp(np.linspace(np.log(0.01), 0.0, 100))
 
-    def search(make, factors):
-        lows, highs = make(factors)
-        errors = quantization_error(centers, counts, lows, highs, qtype, symmetric)
-        best = int(np.argmin(errors))
-        return factors[best]
+    def best_factor(lows_of, highs_of) -> float:
+        """Coarse search of a shrink factor in [0.01, 1], then a +-5 % refinement around the best."""
+        best = 1.0
+        for factors in (coarse, None):
+            if factors is None:
+                factors = np.clip(best * np.exp(np.linspace(-0.05, 0.05, 21)), 0.0, 1.0)
+            errors = quantization_error(centers, counts, lows_of(factors), highs_of(factors), qtype, symmetric)
+            best = float(factors[int(np.argmin(errors))])
+        return best
 
-    def refine(make, best):
-        fine = np.clip(best * np.exp(np.linspace(-0.05, 0.05, 21)), 0.0, 1.0)
-        return search(make, fine)
-
-    def joint(f):
-        return lo * f, hi * f
-
-    f = refine(joint, search(joint, coarse))
+    f = best_factor(lambda f: lo * f, lambda f: hi * f)
     best_lo, best_hi = lo * f, hi * f
     if lo < 0 < hi and not symmetric:
-        for _ in range(2):
-            g = refine(lambda g: (lo * g, np.full_like(g, best_hi)), search(lambda g: (lo * g, np.full_like(g, best_hi)), coarse))
-            best_lo = lo * g
-            h = refine(lambda h: (np.full_like(h, best_lo), hi * h), search(lambda h: (np.full_like(h, best_lo), hi * h), coarse))
-            best_hi = hi * h
+        for _ in range(2):  # coordinate descent: each end with the other fixed
+            fixed_hi = best_hi
+            best_lo = lo * best_factor(lambda g: lo * g, lambda g: np.full_like(g, fixed_hi))
+            fixed_lo = best_lo
+            best_hi = hi * best_factor(lambda h: np.full_like(h, fixed_lo), lambda h: hi * h)
     return float(best_lo), float(best_hi)
 
 

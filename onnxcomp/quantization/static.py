@@ -34,7 +34,15 @@ from onnxcomp.ir import import_graph
 from .calibration import Observation
 from .layers import LinearLayer
 from .observers import RangeMethod, Statistics, tensor_range
-from .placement import OP_RULES, LayerPolicy, PlacementOptions, QuantPlan, QuantPoint, clip_bounds, plan_quantization
+from .placement import (
+    OP_RULES,
+    LayerPolicy,
+    PlacementOptions,
+    QuantPlan,
+    QuantPoint,
+    clip_bounds,
+    plan_quantization,
+)
 from .qdq import InsertionSummary, QuantizedWeight, insert_qdq
 from .qparams import QParams, QuantType, params_from_range
 from .weights import layer_weight_params, quantize_layer_weight
@@ -62,7 +70,7 @@ class StaticOptions:
     activation_type: QuantType = QuantType.UINT8
     symmetric_activations: bool = False
     per_channel: bool = True
-    placement: PlacementOptions = PlacementOptions()
+    placement: PlacementOptions = dataclasses.field(default_factory=PlacementOptions)
 
 
 def observations(plan: QuantPlan, channel_means_for: Collection[LinearLayer] = ()) -> list[Observation]:
@@ -120,16 +128,8 @@ def group_params(stats: Statistics, plan: QuantPlan, options: StaticOptions) -> 
 
 def input_params(plan: QuantPlan, params: list[QParams], layer: LinearLayer) -> QParams | None:
     """Parameters of the quantized activation a layer reads."""
-    point = _input_point(plan, layer)
+    point = plan.point(layer.activation.name)
     return None if point is None else params[point.group]
-
-
-def _input_point(plan: QuantPlan, layer: LinearLayer) -> QuantPoint | None:
-    name = layer.activation.name
-    for point in plan.points:
-        if point.name == name:
-            return point
-    return None
 
 
 def compute_layer_names(plan: QuantPlan) -> list[str]:
