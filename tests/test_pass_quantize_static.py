@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import builders
 import numpy as np
 import onnx
 import pytest
-
-import builders
-import onnxcomp
 import quant_models as qm
+from ort_graph import optimized_ops, relative_rms_error
+
+import onnxcomp
 from onnxcomp.cli import main
 from onnxcomp.context import PassContext
 from onnxcomp.data import ListDataset
@@ -18,7 +19,6 @@ from onnxcomp.pass_manager import PassManager
 from onnxcomp.quantization import calibration
 from onnxcomp.registry import build_pipeline, create_pass
 from onnxcomp.verify import check_loads
-from ort_graph import optimized_ops, relative_rms_error
 
 
 def quantize(model: onnx.ModelProto, data, **options) -> onnx.ModelProto:
@@ -142,7 +142,7 @@ def test_statistics_file_is_reused_for_another_method(tmp_path, monkeypatch):
     monkeypatch.setattr("onnxcomp.passes.quantize_static.collect_statistics", no_model_runs)
     again = quantize(m, data, statistics=str(path), method="minmax")
     other = quantize(m, data, statistics=str(path), method="percentile", percentile=99.0)
-    scales = lambda model: sorted(  # noqa: E731
+    scales = lambda model: sorted(
         float(onnx.numpy_helper.to_array(t)) for t in model.graph.initializer if t.name.endswith("_scale") and not t.dims
     )
     assert scales(again) == scales(first)
@@ -181,3 +181,15 @@ def test_histogram_sample_size_keeps_the_total_budget():
     assert calibration.histogram_sample_size(None) == calibration.UNKNOWN_SIZE_SAMPLE
     assert calibration.histogram_sample_size(1000) * 1000 <= calibration.HISTOGRAM_BUDGET
     assert calibration.histogram_sample_size(10**7) == calibration.MIN_SAMPLE_SIZE
+
+
+def test_int8_accurate_mode_runs_end_to_end_on_integer_kernels():
+    from onnxcomp.pipelines import pipeline_from_flags
+
+    m = qm.cnn(seed=3)
+    result = onnxcomp.optimize(m, pipeline_from_flags(quantize="int8-accurate"), data=qm.samples(m, 16), latency=False)
+    names = [s.name for s in result.report.steps if s.modified]
+    assert "quantize-static" in names
+    assert optimized_ops(result.model)["QLinearConv"] == 6
+    # Equalization, bias correction and rounding reconstruction keep the 5-class probabilities close.
+    assert error_on(m, result.model, qm.samples(m, 8, seed=11)) < 0.02
