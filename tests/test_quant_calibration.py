@@ -6,13 +6,19 @@ import tracemalloc
 
 import numpy as np
 import pytest
-
 import quant_models as qm
+
 from onnxcomp.activations import session_with_outputs
 from onnxcomp.data import ListDataset, ReiterableDataset
 from onnxcomp.errors import DataError
 from onnxcomp.quantization.calibration import Observation, collect_statistics
-from onnxcomp.quantization.observers import Accumulator, RangeMethod, Statistics, quantization_error, tensor_range
+from onnxcomp.quantization.observers import (
+    Accumulator,
+    RangeMethod,
+    Statistics,
+    quantization_error,
+    tensor_range,
+)
 from onnxcomp.quantization.qparams import QuantType
 
 OBSERVED = [Observation("x"), Observation("c0"), Observation("r0", nonnegative=True, channel_axis=1), Observation("probs", True)]

@@ -28,7 +28,13 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxcomp.graph import attr, constant_value, is_graph_output, is_onnx_op, private_constant, set_constant
+from onnxcomp.graph import (
+    attr,
+    is_graph_output,
+    is_onnx_op,
+    private_constant,
+    set_constant,
+)
 
 logger = logging.getLogger(__name__)
 

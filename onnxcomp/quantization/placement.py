@@ -44,7 +44,13 @@ from collections.abc import Collection, Iterable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxcomp.graph import constant_value, is_graph_input, is_graph_output, is_onnx_op, producer
+from onnxcomp.graph import (
+    constant_value,
+    is_graph_input,
+    is_graph_output,
+    is_onnx_op,
+    producer,
+)
 
 from .layers import LinearLayer, linear_layer
 

@@ -27,7 +27,16 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxcomp.graph import Namer, add_constant, constant_value, is_onnx_op, producer, remove_nodes, replace_all_uses, static_shape
+from onnxcomp.graph import (
+    Namer,
+    add_constant,
+    constant_value,
+    is_onnx_op,
+    producer,
+    remove_nodes,
+    replace_all_uses,
+    static_shape,
+)
 
 from .layers import LinearLayer
 from .placement import QuantPlan, QuantPoint
