@@ -38,6 +38,7 @@ from onnx import helper, numpy_helper
 
 from onnxcomp.data import Dataset
 from onnxcomp.errors import DataError, InputError
+from onnxcomp.memory import release_free_memory
 from onnxcomp.model_io import default_opset
 from onnxcomp.progress import ProgressFactory, null_progress
 from onnxcomp.runtime import DEFAULT_PROVIDERS, OptLevel, run, session_options
@@ -233,6 +234,7 @@ def collect_statistics(
     calib_model, slots = build_calibration_model(model, observations, first, size)
     session = _calibration_session(calib_model, providers)
     del calib_model
+    release_free_memory()  # the calibration model's copy of the weights and the shape-inference copies
     names = [o.name for o in observations]
     bar = progress(data.size(), "calibrating", "sample")
     try:
