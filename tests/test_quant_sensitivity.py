@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
-
 import quant_models as qm
+
 from onnxcomp.context import PassContext
 from onnxcomp.data import ListDataset
 from onnxcomp.pass_manager import PassManager
