@@ -32,13 +32,13 @@ from onnxcomp.errors import UsageError
 from onnxcomp.graph import Namer
 from onnxcomp.ir import import_graph
 from onnxcomp.pass_base import Pass, PassResult, Stage
+from onnxcomp.quantization.opset import ensure_opset
 from onnxcomp.quantization.weight_only import (
     BLOCKED_DQ_OPSET,
     WeightSelectionConfig,
     block_quantize,
     probe_feed,
     quantize_embedding,
-    raise_opset,
     replace_with_dequantize_linear,
     replace_with_matmul_nbits,
 )
@@ -136,12 +136,11 @@ class QuantizeWeights(Pass):
     def _raised(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
         model = ctx.export(graph)
         feed = ctx.data.first() if ctx.data is not None else probe_feed(model, ctx.seed)
-        try:
-            converted = raise_opset(model, BLOCKED_DQ_OPSET, feed)
-        except ValueError as err:
+        converted, _, reason = ensure_opset(model, BLOCKED_DQ_OPSET, feed)
+        if reason is not None:
             raise UsageError(
                 f"{self.name}: block-wise or 4-bit DequantizeLinear needs opset {BLOCKED_DQ_OPSET} "
-                f"(the model has {graph.opset}), and {err}; use format=matmul-nbits or block_size=0 with bits=8"
-            ) from err
+                f"(the model has {graph.opset}), and {reason}; use format=matmul-nbits or block_size=0 with bits=8"
+            )
         logger.info("%s: raised the opset from %s to %d", self.name, graph.opset, BLOCKED_DQ_OPSET)
         return import_graph(converted)

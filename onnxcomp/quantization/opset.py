@@ -1,8 +1,10 @@
 """Raising a model's opset for quantization.
 
 Per-channel ``DequantizeLinear`` (the ``axis`` attribute) exists from opset
-13. Older models (Paddle exports at opset 11, for instance) are converted with
-``onnx.version_converter`` and the conversion is accepted only when the
+13, block-wise and 4-bit ones from 21. Older models (Paddle exports at opset
+11, for instance) are converted with :func:`onnxcomp.opset.convert_opset`
+(onnx's version converter, weights kept aside) and the conversion is accepted
+only when the
 converted model loads in onnxruntime and gives the same outputs as the
 original on a real sample (float outputs within 1e-4 relative to their
 magnitude, other outputs equal).
@@ -14,9 +16,9 @@ import logging
 
 import numpy as np
 import onnx
-from onnx import version_converter
 
-from onnxcomp.model_io import default_opset
+from onnxcomp.model_io import check_model, default_opset
+from onnxcomp.opset import convert_opset
 from onnxcomp.runtime import OptLevel, create_session
 
 logger = logging.getLogger(__name__)
@@ -57,8 +59,8 @@ def ensure_opset(
     if opset >= minimum:
         return model, opset, None
     try:
-        converted = version_converter.convert_version(model, minimum)
-        onnx.checker.check_model(converted)
+        converted = convert_opset(model, minimum)  # large weights stay out of the converter
+        check_model(converted, source=f"the model converted to opset {minimum}")
         same = _same(_outputs(model, feed), _outputs(converted, feed))
     except Exception as err:  # noqa: BLE001 - the converter and onnxruntime raise many types
         return model, opset, f"opset {opset} could not be converted to {minimum} ({' '.join(str(err).split())[:200]})"

@@ -35,11 +35,18 @@ from onnxcomp.graph import (
     is_onnx_op,
     remove_nodes,
 )
-
 from onnxcomp.pass_base import PassConfig
 
 from .dynamic import WeightLayer, find_weight_layers
-from .qparams import QParams, QuantType, dequantize, params_from_range, quantize, sqnr_db, weight_params
+from .qparams import (
+    QParams,
+    QuantType,
+    dequantize,
+    params_from_range,
+    quantize,
+    sqnr_db,
+    weight_params,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -353,35 +360,6 @@ def _replace_layer(graph, namer: Namer, layer, weight_node: gs.Node | None, op: 
 # ---------------------------------------------------------------------------
 
 BLOCKED_DQ_OPSET = 21
-
-
-def raise_opset(model: onnx.ModelProto, target: int, feed: dict[str, np.ndarray]) -> onnx.ModelProto:
-    """``model`` converted to default-domain opset ``target`` with onnx's version converter,
-    checked to compute the same outputs on ``feed`` (relative error <= 1e-5).
-
-    Raises:
-        ValueError: The converter fails or changes the outputs (the message says which).
-    """
-    from onnxcomp.runtime import OptLevel, create_session
-
-    from onnxcomp.opset import convert_opset
-
-    try:
-        converted = convert_opset(model, target)  # large weights stay out of the converter
-    except Exception as err:  # the converter raises several unrelated types
-        raise ValueError(f"onnx's version converter cannot raise the opset to {target}: {' '.join(str(err).split())[:200]}") from err
-    from onnxcomp.errors import InputError
-
-    before = create_session(model, level=OptLevel.DISABLED).run(None, feed)
-    try:
-        after = create_session(converted, level=OptLevel.DISABLED).run(None, feed)
-    except InputError as err:
-        raise ValueError(f"the converted model does not load: {err}") from err
-    for name, a, b in zip((o.name for o in model.graph.output), before, after):
-        a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
-        if a64.shape != b64.shape or np.abs(a64 - b64).max(initial=0) > 1e-5 * max(np.abs(a64).max(initial=0), 1.0):
-            raise ValueError(f"converting to opset {target} changes output '{name}'")
-    return converted
 
 
 def probe_feed(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
