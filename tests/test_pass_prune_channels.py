@@ -89,8 +89,10 @@ def test_default_criterion_and_reconstruction_follow_data():
     m = conv_net(seed=4)
     _, without, _ = prune(m, ratio=0.25)
     assert without.summary["criterion"] == "l2" and "layers_refitted" not in without.summary
+    assert without.summary["allocation"] == "uniform"
     _, with_data, _ = prune(m, dataset(samples(8, seed=5)), ratio=0.25)
     assert with_data.summary["criterion"] == "contribution" and with_data.summary["layers_refitted"] == 2
+    assert with_data.summary["allocation"] == "sensitivity"
 
 
 def test_data_criteria_without_data_fail_clearly():
@@ -187,3 +189,17 @@ def test_prune_flag_runs_through_optimize_and_reports():
     assert step.modified and result.report.after.params < result.report.before.params
     assert "plan" in result.report.artifacts["prune-channels"]
     assert all(v == "ok" for v in result.report.verification.loads.values())
+
+
+def test_sensitivity_curves_are_reused_from_an_earlier_run(tmp_path):
+    m = conv_net(seed=19, head_scale=0.05)
+    data = dataset(samples(16, seed=20))
+    first, _, artifacts = prune(m, data, ratio=0.4, reconstruction="none")
+    path = tmp_path / "sensitivity.json"
+    path.write_text(json.dumps({"artifacts": {"prune-channels": artifacts}}))
+    again, _, reused = prune(m, data, ratio=0.4, reconstruction="none", sensitivity_from=str(path))
+    assert reused["sensitivity"] == artifacts["sensitivity"]
+    assert [list(t.dims) for t in again.graph.initializer] == [list(t.dims) for t in first.graph.initializer]
+    with pytest.raises(UsageError, match="no curve for group 'conv1'"):
+        path.write_text(json.dumps({"sensitivity": {"elsewhere": {"0.5": 0.1}}}))
+        prune(m, data, ratio=0.4, sensitivity_from=str(path))

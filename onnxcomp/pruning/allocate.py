@@ -18,7 +18,7 @@ import itertools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
-from .config import Allocation, PruneChannelsConfig, Scope
+from .config import PruneChannelsConfig, Scope
 from .groups import Group
 from .select import achievable_ratio, eligible_groups, global_ratios, matches
 from .sensitivity import GRID, Curve
@@ -35,7 +35,7 @@ class Allocator:
         scores: Mapping[int, float],
         config: PruneChannelsConfig,
         *,
-        curves: Mapping[int, Curve] | None = None,
+        curves: Mapping[int, Curve] | None = None,  # given: allocate by sensitivity
     ):
         self.groups = list(groups)
         self.scores = scores
@@ -78,7 +78,7 @@ class Allocator:
         return sorted(points - {0.0})
 
     def ratios(self, level: float) -> dict[int, float]:
-        if self.config.allocation is Allocation.SENSITIVITY and self.curves:
+        if self.curves:
             free = self._by_sensitivity(level)
         elif self.config.scope is Scope.GLOBAL:
             free = global_ratios(self.groups, self.scores, level, self.free, self.config.max_ratio)

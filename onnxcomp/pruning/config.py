@@ -20,8 +20,10 @@ class Scope(enum.Enum):
 
 class Allocation(enum.Enum):
     """``uniform``: the same ratio everywhere (or per ``scope``);
-    ``sensitivity``: per-group ratios from a sweep on calibration data."""
+    ``sensitivity``: per-group ratios from a sweep on calibration data;
+    ``auto``: sensitivity when data is given, else uniform."""
 
+    AUTO = "auto"
     UNIFORM = "uniform"
     SENSITIVITY = "sensitivity"
 
@@ -49,8 +51,9 @@ class PruneChannelsConfig(PassConfig):
         criterion: Unit importance; ``auto`` is ``contribution`` with
             calibration data and ``l2`` weight magnitude without.
         scope: ``local`` (ratio per group) or ``global`` (ratio over all units).
-        allocation: ``uniform`` or ``sensitivity`` (per-group ratios from a
-            sweep measuring output deviation on calibration data).
+        allocation: ``uniform``, ``sensitivity`` (per-group ratios from a
+            sweep measuring output deviation on calibration data) or ``auto``
+            (sensitivity with data, else uniform).
         layer_ratios: Glob pattern (layer or weight name) -> ratio for the
             groups it matches; overrides ``ratio``.
         skip: Glob patterns of layers/weights whose groups are never pruned.
@@ -67,12 +70,16 @@ class PruneChannelsConfig(PassConfig):
         calib_samples: Calibration samples used for statistics, sensitivity and
             reconstruction (the first N).
         plan: Path of a pruning plan (JSON) to apply instead of choosing.
+        sensitivity_from: Path of a JSON file with the sensitivity curves of
+            an earlier run on the same model (``--report`` output, or its
+            ``artifacts['prune-channels']['sensitivity']``), to allocate
+            without sweeping again (e.g. when trying several ratios).
     """
 
     ratio: float = 0.3
     criterion: Criterion = Criterion.AUTO
     scope: Scope = Scope.LOCAL
-    allocation: Allocation = Allocation.UNIFORM
+    allocation: Allocation = Allocation.AUTO
     layer_ratios: Mapping[str, float] = dataclasses.field(default_factory=dict)
     skip: tuple[str, ...] = ()
     round_to: int = 16
@@ -84,6 +91,7 @@ class PruneChannelsConfig(PassConfig):
     ridge: float = 1.0
     calib_samples: int = 64
     plan: str | None = None
+    sensitivity_from: str | None = None
 
     def validate(self) -> None:
         if not 0.0 <= self.ratio < 1.0:

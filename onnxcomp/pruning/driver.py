@@ -36,7 +36,7 @@ from .plan import build_plan, load_plan, removed_units
 from .reconstruct import compensate_bias, find_sinks, refit_layers
 from .rewrite import apply_removal
 from .select import kept_count, select_units
-from .sensitivity import sweep
+from .sensitivity import load_curves, sweep
 from .shapes import concrete_shapes, probe_feed
 from .stats import collect_stats
 
@@ -55,6 +55,7 @@ class _Setup:
     groups: list[Group]
     criterion: Criterion
     reconstruction: Reconstruction
+    allocation: Allocation
 
 
 def prune_channels(graph: gs.Graph, ctx: PassContext, config: PruneChannelsConfig) -> PassResult:
@@ -106,12 +107,15 @@ def _prepare(graph: gs.Graph, ctx: PassContext, config: PruneChannelsConfig) -> 
     reconstruction = config.reconstruction
     if reconstruction is Reconstruction.AUTO:
         reconstruction = Reconstruction.LEAST_SQUARES if data is not None else Reconstruction.NONE
+    allocation = config.allocation
+    if allocation is Allocation.AUTO:
+        allocation = Allocation.SENSITIVITY if data is not None else Allocation.UNIFORM
     needs = [
         name
         for name, wanted in (
             (f"criterion '{criterion.value}'", criterion.needs_data),
             (f"reconstruction '{reconstruction.value}'", reconstruction is not Reconstruction.NONE),
-            ("allocation 'sensitivity'", config.allocation is Allocation.SENSITIVITY),
+            ("allocation 'sensitivity'", allocation is Allocation.SENSITIVITY),
         )
         if wanted
     ]
@@ -123,7 +127,7 @@ def _prepare(graph: gs.Graph, ctx: PassContext, config: PruneChannelsConfig) -> 
     shapes = concrete_shapes(original, feed)
     deps = analyze(graph, shapes)
     groups = build_groups(deps)
-    return _Setup(original, data, feed, shapes, deps, groups, criterion, reconstruction)
+    return _Setup(original, data, feed, shapes, deps, groups, criterion, reconstruction, allocation)
 
 
 def _choose(setup: _Setup, config: PruneChannelsConfig, ctx: PassContext, scores, extra) -> tuple[set[int], float]:
@@ -148,15 +152,19 @@ def _choose(setup: _Setup, config: PruneChannelsConfig, ctx: PassContext, scores
             views = results[index].checkpoints.get(removed_at(groups[index], ratio)) if index in results else None
             return compensated_arrays(layers, views) if views else None
 
-    if config.allocation is Allocation.SENSITIVITY:
+    if setup.allocation is Allocation.SENSITIVITY and config.sensitivity_from:
+        candidates = [i for i in allocator.sensitivity_groups if allocator.grid(groups[i])]
+        curves = load_curves(config.sensitivity_from, groups, candidates)
+    elif setup.allocation is Allocation.SENSITIVITY:
         curves = sweep(
             setup.original, deps, groups, scores, setup.data, eligible=allocator.sensitivity_groups,
             grid=allocator.grid, compensated=compensated, progress=ctx.progress,
         )  # fmt: skip
+    if curves is not None:
         extra["sensitivity"] = {
             groups[i].name: dict(zip(map(str, c.ratios), map(float, c.deviations))) for i, c in curves.items()
         }
-    allocator = Allocator(groups, scores, config, curves=curves)
+    allocator = Allocator(groups, scores, config, curves=curves)  # curves only with sensitivity
     protected = protected_sets(deps)
 
     def choose(level: float) -> set[int]:
@@ -210,6 +218,7 @@ def _summary(setup: _Setup, config, removed: set[int], level: float | None, fell
     units = sum(len(g.units) for g in groups if g.prunable)
     summary = {
         "criterion": setup.criterion.value,
+        "allocation": setup.allocation.value,
         "calibration": setup.data is not None,
         "groups": len(groups),
         "groups_pruned": sum(1 for g in groups if any(r in removed for r in g.units)),

@@ -148,3 +148,34 @@ def sweep(
     finally:
         bar.close()
     return curves
+
+
+def load_curves(path, groups: Sequence[Group], eligible: Sequence[int]) -> dict[int, Curve]:
+    """Curves saved by an earlier run (group name -> {ratio: deviation}), for ``eligible`` groups.
+
+    Raises:
+        UsageError: Unreadable file, or a group of this model missing from it.
+    """
+    import json
+    from pathlib import Path
+
+    from ..errors import UsageError
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UsageError(f"sensitivity file {path}: cannot read ({err})") from None
+    if isinstance(data, dict) and "artifacts" in data:
+        data = data["artifacts"].get("prune-channels", {})
+    if isinstance(data, dict) and "sensitivity" in data:
+        data = data["sensitivity"]
+    curves = {}
+    by_index = {g.index: g for g in groups}
+    for index in eligible:
+        name = by_index[index].name
+        points = data.get(name) if isinstance(data, dict) else None
+        if points is None:
+            raise UsageError(f"sensitivity file {path}: no curve for group '{name}' (not from this model?)")
+        ordered = sorted((float(r), float(d)) for r, d in points.items())
+        curves[index] = Curve(tuple(r for r, _ in ordered), tuple(d for _, d in ordered))
+    return curves

@@ -1,0 +1,385 @@
+"""Structured pruning and sparsity on real models, side by side with Torch-Pruning.
+
+Run:  python -m benchmarks.bench_prune [--sections cnn,ocr,text,sparse] [--calib N] [--eval N]
+      [--ratios 0.1,0.2,0.3,0.4,0.5] [--json PATH]
+
+Sections (all in one run by default):
+
+* ``cnn`` — EfficientNet-Lite1 (ImageNet) on crops of real photographs; calibration
+  and evaluation crops come from disjoint photographs. Every pruned model is
+  compared with the unpruned one (after the same cleanup): top-1 agreement where
+  the unpruned model is confident (top probability >= 0.3), over all crops, and
+  mean KL(unpruned || pruned); MACs and parameters; batch-1 latency measured
+  interleaved in one process. Rows: onnxcomp's ``--prune R --calib`` default
+  (contribution criterion, sensitivity allocation, least-squares reconstruction)
+  for R = 10..50 %, magnitude-only (``--prune R`` without data: L2, uniform, no
+  reconstruction), activation-based at 30 % (mean |activation|, no
+  reconstruction), and the anchor: Torch-Pruning's MetaPruner on the same
+  PyTorch model (group L2 magnitude, 30 % per layer, channels rounded to 16 like
+  onnxcomp, no fine-tuning), exported and cleaned the same way.
+* ``ocr`` — PP-OCRv5 det/rec/cls at 30 % on rendered text: validity (ONNX
+  checker, onnxruntime at every optimization level), frozen groups, MACs,
+  parameters, latency, and task accuracy against the unpruned model.
+* ``text`` — all-MiniLM-L6-v2 at 30 % (attention heads and FFN units; the hidden
+  size feeds the output and stays): cosine of sentence embeddings with the
+  unpruned model on held-out sentences.
+* ``sparse`` — unstructured 50 % and 2:4 sparsity on EfficientNet-Lite1: zip
+  size, agreement, and latency (onnxruntime has no sparse kernels: expect 1.0x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+import onnxcomp
+from benchmarks import assets
+from onnxcomp.analysis import model_stats
+from onnxcomp.latency import measure_latency
+from onnxcomp.runtime import create_session
+from onnxcomp.verify import check_loads
+
+CONFIDENT = 0.3
+PRUNE = "prune-channels"
+
+
+def _shapes(feed) -> dict:
+    return {name: value.shape for name, value in feed.items()}
+
+
+def _cleaned(path, feed) -> onnx.ModelProto:
+    return onnxcomp.optimize(str(path), ["cleanup"], verify=False, latency=False, input_shapes=_shapes(feed)).model
+
+
+def _prune(model: onnx.ModelProto, options: dict, feed, data=None):
+    """Prune ``model`` (data-free runs analyse shapes on ``feed``'s input shapes)."""
+    start = time.perf_counter()
+    result = onnxcomp.optimize(
+        model, [{PRUNE: options}], data=data, verify=False, latency=False, input_shapes=_shapes(feed)
+    )
+    step = next(s for s in result.report.steps if s.name == PRUNE)
+    return result.model, step.summary, result.report.artifacts.get(PRUNE, {}), time.perf_counter() - start
+
+
+def _sizes(model: onnx.ModelProto, base: onnx.ModelProto, feed) -> dict:
+    after, before = model_stats(model, sample=feed), model_stats(base, sample=feed)
+    return {"macs": after.macs / before.macs, "params": after.params / before.params}
+
+
+def _latency(models: dict[str, onnx.ModelProto], feed, budget: float = 12.0) -> dict[str, float]:
+    timings = measure_latency(models, feed, budget_s=budget, max_runs=400)
+    base = timings["unpruned"].median_ms
+    return {name: t.median_ms / base for name, t in timings.items()} | {"unpruned_ms": base}
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    cells = [[str(c) for c in row] for row in [header, *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+# -- EfficientNet-Lite1 -------------------------------------------------------------------------
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _logits(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    session = create_session(model)
+    return np.concatenate([session.run(None, {"input": x[i : i + 16]})[0] for i in range(0, len(x), 16)])
+
+
+def _agreement(ref: np.ndarray, out: np.ndarray) -> dict:
+    p, q = _softmax(ref.astype(np.float64)), _softmax(out.astype(np.float64))
+    confident = p.max(axis=1) >= CONFIDENT
+    same = p.argmax(axis=1) == q.argmax(axis=1)
+    kl = np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1)
+    return {"top1_confident": float(same[confident].mean()), "top1_all": float(same.mean()), "kl": float(kl.mean())}
+
+
+def _torch_pruning(ratio: float, workdir: Path) -> tuple[onnx.ModelProto | None, str, float]:
+    """Torch-Pruning's MetaPruner on the PyTorch EfficientNet-Lite1, exported to ONNX and cleaned."""
+    try:
+        import torch
+        import torch_pruning as tp
+    except ImportError as err:
+        return None, f"not installed ({err})", 0.0
+    from benchmarks.assets.models import _efficientnet_lite1_torch
+
+    start = time.perf_counter()
+    model = _efficientnet_lite1_torch()
+    example = torch.zeros(1, 3, 240, 240)
+    pruner = tp.pruner.MetaPruner(
+        model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=ratio, ignored_layers=[model._fc], round_to=16,
+    )  # fmt: skip
+    pruner.step()
+    path = workdir / "torch_pruning.onnx"
+    with torch.no_grad():
+        torch.onnx.export(
+            model.eval(), (example,), str(path), input_names=["input"], output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False,
+        )  # fmt: skip
+    return _cleaned(path, {"input": example.numpy()}), f"torch-pruning {tp.__version__}", time.perf_counter() - start
+
+
+def cnn_section(args, workdir: Path) -> dict:
+    spec = assets.EFFICIENTNET_LITE1_PREPROCESS
+    calib_x = assets.preprocess(assets.photo_crops(args.calib, spec.size, seed=0, split="calib"), spec)
+    eval_x = assets.preprocess(assets.photo_crops(args.eval, spec.size, seed=1, split="eval"), spec)
+    calib = [{"input": calib_x[i : i + 1]} for i in range(len(calib_x))]
+    feed = {"input": eval_x[:1]}
+    base = _cleaned(assets.efficientnet_lite1_onnx(), feed)
+    ref = _logits(base, eval_x)
+    runs: dict[str, tuple] = {}
+    # The sensitivity sweep does not depend on the ratio: the 30 % run measures it, the others reuse it.
+    first = _prune(base, {"ratio": 0.3}, feed, calib)
+    curves = workdir / "sensitivity.json"
+    curves.write_text(json.dumps({"sensitivity": first[2]["sensitivity"]}))
+    for ratio in args.ratios:
+        runs[f"onnxcomp --prune {ratio:.1f} --calib"] = (
+            first if ratio == 0.3 else _prune(base, {"ratio": ratio, "sensitivity_from": str(curves)}, feed, calib)
+        )
+    for ratio in args.ratios:
+        runs[f"onnxcomp --prune {ratio:.1f} (magnitude only)"] = _prune(base, {"ratio": ratio}, feed)
+    runs["onnxcomp 0.3 --calib, no reconstruction"] = _prune(
+        base, {"ratio": 0.3, "reconstruction": "none", "sensitivity_from": str(curves)}, feed, calib
+    )
+    runs["onnxcomp 0.3 activation-based (mean |a|), no reconstruction"] = _prune(
+        base, {"ratio": 0.3, "criterion": "activation", "reconstruction": "none"}, feed, calib
+    )
+    tp_model, tp_name, tp_seconds = _torch_pruning(0.3, workdir)
+    models = {"unpruned": base} | {name: run[0] for name, run in runs.items()}
+    if tp_model is not None:
+        models[f"{tp_name} 0.3 (anchor)"] = tp_model
+    latency = _latency(models, feed)
+    rows = []
+    for name, model in models.items():
+        if name == "unpruned":
+            continue
+        run = runs.get(name)
+        summary = run[1] if run else {}
+        removed = summary.get("units_removed", 0) / max(summary.get("units_prunable", 1), 1) if run else 0.3
+        rows.append(
+            {"model": name, "removed": removed, **_sizes(model, base, feed), "latency": latency[name],
+             **_agreement(ref, _logits(model, eval_x)), "seconds": run[3] if run else tp_seconds}
+        )  # fmt: skip
+    return {"confident": int((_softmax(ref).max(axis=1) >= CONFIDENT).sum()), "eval": len(eval_x),
+            "calib": len(calib), "unpruned_ms": latency["unpruned_ms"], "rows": rows}  # fmt: skip
+
+
+def print_cnn(result: dict) -> None:
+    print(
+        f"\n## EfficientNet-Lite1: {result['calib']} calibration crops, {result['eval']} evaluation crops "
+        f"({result['confident']} confident); unpruned {result['unpruned_ms']:.1f} ms"
+    )
+    header = ["model", "units removed", "MACs", "params", "latency", "top-1 @ conf", "top-1 all", "KL", "s"]
+    rows = [
+        [r["model"], f"{r['removed']:.1%}", f"{r['macs']:.3f}x", f"{r['params']:.3f}x", f"{r['latency']:.3f}x",
+         f"{r['top1_confident']:.3f}", f"{r['top1_all']:.3f}", f"{r['kl']:.3f}", f"{r['seconds']:.0f}"]
+        for r in result["rows"]
+    ]  # fmt: skip
+    print(_table(header, rows))
+
+
+# -- PP-OCRv5 -----------------------------------------------------------------------------------
+
+
+def _ocr_data(kind: str, split: str, n: int, seed: int):
+    lines = assets.text_lines(n, split)
+    images = [assets.render_line(t, seed=seed + i) for i, t in enumerate(lines)]
+    if kind == "rec":
+        return lines, [{"x": assets.rec_preprocess(img)} for img in images]
+    if kind == "cls":
+        return lines, [{"x": assets.cls_preprocess(img)} for img in images]
+    pages = [assets.render_page(lines[i : i + 4], seed=seed + i) for i in range(0, len(lines), 4)]
+    return lines, [{"x": assets.det_preprocess(page)[0]} for page in pages]
+
+
+def _ocr_quality(kind: str, base, model, lines, feeds) -> str:
+    s0, s1 = create_session(base), create_session(model)
+    if kind == "rec":
+        labels = assets.ppocr_dictionary()
+        acc = [
+            (assets.char_accuracy(assets.ctc_greedy_decode(s0.run(None, f)[0][0], labels), t),
+             assets.char_accuracy(assets.ctc_greedy_decode(s1.run(None, f)[0][0], labels), t))
+            for t, f in zip(lines, feeds)
+        ]  # fmt: skip
+        a0, a1 = np.mean([a for a, _ in acc]), np.mean([b for _, b in acc])
+        return f"char accuracy {a1:.4f} (unpruned {a0:.4f})"
+    if kind == "cls":
+        same = [s0.run(None, f)[0].argmax() == s1.run(None, f)[0].argmax() for f in feeds]
+        return f"label agreement {np.mean(same):.3f}"
+    ious = []
+    for f in feeds:
+        a, b = s0.run(None, f)[0] > 0.3, s1.run(None, f)[0] > 0.3
+        ious.append((a & b).sum() / max((a | b).sum(), 1))
+    return f"text-mask IoU {np.mean(ious):.3f}"
+
+
+def ocr_section(args, workdir: Path) -> list[dict]:
+    out = []
+    for kind in ("det", "rec", "cls"):
+        _, calib = _ocr_data(kind, "calib", 24 if kind != "det" else 12, seed=0)
+        lines, evals = _ocr_data(kind, "eval", 40 if kind != "det" else 12, seed=100)
+        feed = evals[0]
+        base = _cleaned(assets.ppocr_model(kind), feed)
+        models, infos = {"unpruned": base}, {}
+        for label, options, data in (("--prune 0.3 --calib", {"ratio": 0.3}, calib), ("magnitude only", {"ratio": 0.3}, None)):
+            model, summary, artifacts, seconds = _prune(base, options, feed, data)
+            loads = check_loads(model)
+            onnx.checker.check_model(model)
+            models[label] = model
+            frozen = [f for f in artifacts.get("frozen", []) if f["channels"]]
+            infos[label] = {
+                "valid": all(v == "ok" for v in loads.values()), "removed": summary["units_removed"],
+                "prunable": summary["units_prunable"], "frozen_groups": len(frozen),
+                "frozen_example": frozen[0]["reasons"][0] if frozen else "",
+                "quality": _ocr_quality(kind, base, model, lines, evals), "seconds": seconds,
+                **_sizes(model, base, feed),
+            }  # fmt: skip
+        latency = _latency(models, feed, budget=4.0)
+        for label, info in infos.items():
+            out.append({"model": f"PP-OCRv5 {kind}", "config": label, "latency": latency[label], **info})
+    return out
+
+
+def print_ocr(rows: list[dict]) -> None:
+    print("\n## PP-OCRv5 at 30 % (rendered text; checker + onnxruntime at all levels)")
+    header = ["model", "config", "valid", "units removed", "MACs", "params", "latency", "quality vs unpruned", "frozen groups"]
+    table = [
+        [r["model"], r["config"], "yes" if r["valid"] else "NO", f"{r['removed']}/{r['prunable']}", f"{r['macs']:.3f}x",
+         f"{r['params']:.3f}x", f"{r['latency']:.3f}x", r["quality"], r["frozen_groups"]]
+        for r in rows
+    ]  # fmt: skip
+    print(_table(header, table))
+    for r in rows:
+        if r["frozen_example"] and r["config"].startswith("--prune"):
+            print(f"  {r['model']} frozen, e.g.: {r['frozen_example']}")
+
+
+# -- MiniLM -------------------------------------------------------------------------------------
+
+
+def text_section(args, workdir: Path) -> list[dict]:
+    calib = [assets.minilm_tokenize([s]) for s in assets.documentation_sentences(48, "calib")]
+    sentences = assets.documentation_sentences(128, "eval")
+    feed = assets.minilm_tokenize(sentences[:1])
+    base = _cleaned(assets.minilm_onnx(), feed)
+    s0 = create_session(base)
+
+    def embeddings(session):
+        out = []
+        for s in sentences:
+            tokens = assets.minilm_tokenize([s])
+            out.append(assets.sentence_embeddings(session.run(None, tokens)[0], tokens["attention_mask"])[0])
+        return np.stack(out)
+
+    ref = embeddings(s0)
+    models, rows = {"unpruned": base}, []
+    for label, data in (("--prune 0.3 --calib", calib), ("magnitude only", None)):
+        model, summary, artifacts, seconds = _prune(base, {"ratio": 0.3}, feed, data)
+        models[label] = model
+        cos = np.sum(ref * embeddings(create_session(model)), axis=1)
+        rows.append({"config": label, "removed": summary["units_removed"], "prunable": summary["units_prunable"],
+                     "valid": all(v == "ok" for v in check_loads(model).values()), "cos_mean": float(cos.mean()),
+                     "cos_min": float(cos.min()), "seconds": seconds, **_sizes(model, base, feed),
+                     "frozen": sum(1 for f in artifacts.get("frozen", []) if f["channels"])})  # fmt: skip
+    latency = _latency(models, feed, budget=4.0)
+    for row in rows:
+        row["latency"] = latency[row["config"]]
+    return rows
+
+
+def print_text(rows: list[dict]) -> None:
+    print("\n## all-MiniLM-L6-v2 at 30 % (heads + FFN units; 128 held-out sentences)")
+    header = ["config", "valid", "units removed", "MACs", "params", "latency", "embedding cos mean / min", "frozen groups"]
+    table = [
+        [r["config"], "yes" if r["valid"] else "NO", f"{r['removed']}/{r['prunable']}", f"{r['macs']:.3f}x",
+         f"{r['params']:.3f}x", f"{r['latency']:.3f}x", f"{r['cos_mean']:.4f} / {r['cos_min']:.4f}", r["frozen"]]
+        for r in rows
+    ]  # fmt: skip
+    print(_table(header, table))
+
+
+# -- sparsity -----------------------------------------------------------------------------------
+
+
+def sparse_section(args, workdir: Path) -> list[dict]:
+    spec = assets.EFFICIENTNET_LITE1_PREPROCESS
+    eval_x = assets.preprocess(assets.photo_crops(args.eval, spec.size, seed=1, split="eval"), spec)
+    base = _cleaned(assets.efficientnet_lite1_onnx(), {"input": eval_x[:1]})
+    ref = _logits(base, eval_x)
+    models, rows = {"unpruned": base}, []
+    for label, options in (("unstructured 50 %", {"sparsity": 0.5}), ("2:4", {"pattern": "n:m", "n": 2, "m": 4})):
+        result = onnxcomp.optimize(
+            base, [{"sparsify": options}], verify=False, latency=False, input_shapes={"input": eval_x[:1].shape}
+        )
+        summary = result.report.steps[-1].summary
+        models[label] = result.model
+        rows.append({"config": label, "sparsity": summary["sparsity"], "model_sparsity": summary["model_sparsity"],
+                     "zip": summary["zip_bytes_after"] / summary["zip_bytes_before"],
+                     **_agreement(ref, _logits(result.model, eval_x))})  # fmt: skip
+    latency = _latency(models, {"input": eval_x[:1]}, budget=4.0)
+    for row in rows:
+        row["latency"] = latency[row["config"]]
+    return rows
+
+
+def print_sparse(rows: list[dict]) -> None:
+    print("\n## Sparsity on EfficientNet-Lite1 (no fine-tuning; onnxruntime runs sparse weights densely)")
+    header = ["pattern", "layer sparsity", "model sparsity", "zip size", "latency", "top-1 @ conf", "KL"]
+    table = [
+        [r["config"], f"{r['sparsity']:.1%}", f"{r['model_sparsity']:.1%}", f"{r['zip']:.3f}x", f"{r['latency']:.3f}x",
+         f"{r['top1_confident']:.3f}", f"{r['kl']:.3f}"]
+        for r in rows
+    ]  # fmt: skip
+    print(_table(header, table))
+
+
+SECTIONS = {
+    "cnn": (cnn_section, print_cnn),
+    "ocr": (ocr_section, print_ocr),
+    "text": (text_section, print_text),
+    "sparse": (sparse_section, print_sparse),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sections", default=",".join(SECTIONS))
+    parser.add_argument("--calib", type=int, default=64)
+    parser.add_argument("--eval", type=int, default=200)
+    parser.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    args.ratios = [float(r) for r in args.ratios.split(",")]
+    logging.basicConfig(level=logging.WARNING)
+    results = {}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-prune-") as tmp:
+        for name in args.sections.split(","):
+            run, show = SECTIONS[name]
+            results[name] = run(args, Path(tmp))
+            show(results[name])
+            sys.stdout.flush()
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
