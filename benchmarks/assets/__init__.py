@@ -29,6 +29,7 @@ from .ocr import (
     rec_preprocess,
     render_line,
     render_page,
+    vary_lighting,
     resize_bilinear,
 )
 from .text import documentation_sentences, text_lines
@@ -60,6 +61,7 @@ __all__ = [
     "rec_preprocess",
     "render_line",
     "render_page",
+    "vary_lighting",
     "resize_bilinear",
     "sentence_embeddings",
     "text_lines",

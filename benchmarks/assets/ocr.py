@@ -335,3 +335,22 @@ def render_page(lines: Sequence[str], seed: int = 0, width: int = 800) -> np.nda
         page[y : y + img.shape[0], x : x + img.shape[1]] = img
         y += img.shape[0] + gap
     return page
+
+
+def vary_lighting(image: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The same text under worse lighting: lower contrast, a darker paper tone and a
+    linear illumination gradient across the image, as in phone photos and scans.
+
+    Used to make calibration data cover more than clean renders; deterministic in ``seed``.
+    """
+    rng = np.random.default_rng(seed)
+    x = image.astype(np.float32) / 255.0
+    contrast = rng.uniform(0.35, 1.0)
+    paper = rng.uniform(0.45, 1.0)
+    x = paper - (paper - x) * contrast  # ink moves toward the paper tone
+    h, w = x.shape[:2]
+    angle = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    ramp = (np.cos(angle) * xx / max(w, 1) + np.sin(angle) * yy / max(h, 1))
+    x = x * (1.0 - rng.uniform(0.0, 0.45) * (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6))[..., None]
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
