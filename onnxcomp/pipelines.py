@@ -44,11 +44,12 @@ def pipeline_from_flags(*, prune: float | None = None, quantize: str | None = No
 
 def prune_items(ratio: float) -> list[Any]:
     """Pipeline items for ``--prune RATIO``: ``prune-channels`` removing that
-    fraction of every dependency group's channels (heads for attention).
+    fraction of the prunable channels (whole heads for attention).
 
-    With ``--calib`` data channels are ranked by their measured contribution
-    and the consuming layers are refitted by least squares; without data the
-    ranking is by weight magnitude (L2) and nothing is refitted.
+    With ``--calib`` data channels are ranked by their measured contribution,
+    per-group ratios come from a sensitivity sweep and the consuming layers are
+    refitted by least squares; without data the ranking is by weight magnitude
+    (L2), every group loses the same ratio and nothing is refitted.
     """
     if not 0.0 <= ratio < 1.0:
         raise UsageError(f"--prune expects a ratio in [0, 1), got {ratio:g}")

@@ -12,7 +12,8 @@ default criterion is each channel's measured contribution to its consumers and
 the consumers are refitted by least squares; without data it is the L2
 magnitude of the group's weights and nothing is refitted. The plan (kept
 channels per weight) is left in the report's artifacts under
-``prune-channels``.
+``prune-channels``. Each run removes ``ratio`` of the channels it finds, so
+running the pass twice prunes twice (``modified`` says whether any went).
 """
 
 from __future__ import annotations

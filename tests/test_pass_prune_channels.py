@@ -203,3 +203,16 @@ def test_sensitivity_curves_are_reused_from_an_earlier_run(tmp_path):
     with pytest.raises(UsageError, match="no curve for group 'conv1'"):
         path.write_text(json.dumps({"sensitivity": {"elsewhere": {"0.5": 0.1}}}))
         prune(m, data, ratio=0.4, sensitivity_from=str(path))
+
+
+def test_level_search_finds_the_smallest_level_meeting_a_target():
+    from onnxcomp.pruning.allocate import search_level
+
+    assert search_level(lambda lv: 1.0 - lv, 0.7, high=0.9) == pytest.approx(0.3, abs=1e-3)
+    assert search_level(lambda lv: 1.0 - lv, 1.0, high=0.9) == 0.0
+    assert search_level(lambda lv: 1.0 - 0.1 * lv, 0.5, high=0.9) == 0.9  # out of reach: the highest level
+
+
+def test_latency_target_already_met_prunes_nothing():
+    _, step, _ = prune(conv_net(seed=21), ratio=0.3, target_latency=1.0)
+    assert not step.modified and step.summary["ratio_found"] == 0.0

@@ -49,13 +49,15 @@ def calib_path(tmp_path):
 
 
 def test_prune_with_calibration_writes_model_and_plan(model_path, calib_path, tmp_path, capsys):
-    out, plan = tmp_path / "out.onnx", tmp_path / "plan.json"
-    code, stdout, err = _cli(
-        ["optimize", model_path, "--prune", "0.5", "--calib", calib_path, "--prune-plan", plan, "-o", out, "--no-latency"],
+    out, plan, report = tmp_path / "out.onnx", tmp_path / "plan.json", tmp_path / "report.json"
+    code, _, err = _cli(
+        ["optimize", model_path, "--prune", "0.5", "--calib", calib_path, "--prune-plan", plan, "-o", out,
+         "--report", report, "--no-latency"],
         capsys,
-    )
+    )  # fmt: skip
     assert code == 0, err
-    assert "prune-channels" in stdout and "criterion=contribution" in stdout
+    step = next(s for s in json.loads(report.read_text())["steps"] if s["name"] == "prune-channels")
+    assert step["modified"] and step["summary"]["criterion"] == "contribution"
     written = json.loads(plan.read_text())
     assert written["format"] == "onnxcomp-pruning-plan"
     assert len(written["weights"]["w1"]["keep"]["0"]) == 16

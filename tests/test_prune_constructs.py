@@ -270,3 +270,23 @@ def test_nothing_to_remove_reports_unmodified():
     out, step, _ = prune(m, ratio=0.0)
     assert not step.modified and step.summary["units_removed"] == 0
     assert_unchanged(m, out)
+
+
+def test_batchnorm_parameters_follow_and_bn_scale_criterion_picks_zero_gammas():
+    net = Net(10)
+    zero = [1, 5]
+    c = net.conv("conv1", "x", 3, 8, k=3)
+    gamma = net.rng.uniform(0.5, 1.5, 8).astype(np.float32)
+    beta = net.rng.normal(0, 0.5, 8).astype(np.float32)
+    gamma[zero] = 0
+    beta[zero] = 0
+    params = [net.const("gamma", gamma), net.const("beta", beta), net.const("mean", np.zeros(8, np.float32)), net.const("var", np.ones(8, np.float32))]
+    n = net.node("BatchNormalization", [c, *params], ["bn"])
+    r = net.node("Relu", [n], ["r"])
+    net.conv("y", r, 8, 2)
+    m = net.model([builders.value("x", [1, 3, 5, 5])], [builders.value("y", [1, 2, 5, 5])])
+    out, step, _ = prune(m, ratio=0.25, criterion="bn-scale")
+    assert step.modified and step.summary["criterion"] == "bn-scale"
+    assert weight(out, "bn", 1).shape == (6,) and weight(out, "bn", 4).shape == (6,)
+    assert weight(out, "conv1").shape == (6, 3, 3, 3)
+    assert_unchanged(m, out)
