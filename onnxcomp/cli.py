@@ -48,8 +48,17 @@ def _verbosity(func):
 
 
 class _State:
+    """Verbosity of the current invocation; the group and the subcommand both accept -v/-q.
+
+    Reset by ``main`` so one call's ``-q`` never silences the next call in the same process.
+    """
+
     verbose = 0
     quiet = False
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.verbose, cls.quiet = 0, False
 
 
 def _apply_verbosity(verbose: int, quiet: bool) -> None:
@@ -296,6 +305,7 @@ def _raise_interrupt(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``onnxcomp`` script; returns the exit code."""
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    _State.reset()
     try:
         cli.main(args=argv, prog_name="onnxcomp", standalone_mode=False)
         return 0

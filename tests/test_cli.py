@@ -68,6 +68,14 @@ def test_optimize_default_output_name_and_random_data_warning(model_path, capsys
     assert "RANDOM inputs" in stdout and "warning: no data given" in stdout
 
 
+def test_quiet_applies_to_its_own_call_only(model_path, tmp_path, capsys):
+    """Pipelines call ``main`` repeatedly in one process; an earlier ``-q`` must not silence later calls."""
+    code, stdout, _ = _cli(["optimize", model_path, "-o", tmp_path / "a.onnx", "--no-latency", "-q"], capsys)
+    assert code == 0 and stdout == ""
+    code, stdout, _ = _cli(["optimize", model_path, "-o", tmp_path / "b.onnx", "--no-latency"], capsys)
+    assert code == 0 and "wrote" in stdout
+
+
 def test_optimize_refuses_to_overwrite_input(model_path, capsys):
     before = _digest(model_path)
     code, _, stderr = _cli(["optimize", model_path, "-o", model_path, "--no-latency"], capsys)
