@@ -218,7 +218,6 @@ def optimize(model: Path, output: Path | None, calib: Path | None, calib_limit: 
     _apply_verbosity(verbose, quiet)
     from .api import optimize as run_optimize
     from .data import parse_shape_overrides
-
     from .pipelines import pipeline_from_flags
 
     if plan_path is not None and prune is None and recipe is None and not pass_list:
