@@ -125,6 +125,11 @@ def optimize(
         )
         result = manager.run(original, ctx)
         optimized = result.model
+        if verify_data is None and calib is not None and calib.passes:
+            warnings.append(
+                "verified on the calibration data the passes fitted to (in-sample); "
+                "give --verify-data HELD_OUT for errors on unseen inputs"
+            )
         release_free_memory()  # the pipeline's intermediate copies of the weights
         check_model(optimized, source="optimized model")
 

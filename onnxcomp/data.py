@@ -387,6 +387,10 @@ def parse_shape_overrides(texts: Iterable[str]) -> dict[str, tuple[int, ...]]:
 class ValidatedDataset(Dataset):
     """Checks every sample of ``inner`` against the model's inputs as it streams.
 
+    ``passes`` counts the iterations that ran to the end (``first()`` does
+    not), so a caller can tell whether a pipeline went through the data
+    (and verification on it is in-sample).
+
     Raises:
         DataError: On the first bad sample (its index and what was expected), or
             at the end of a pass that yielded no samples at all.
@@ -397,6 +401,7 @@ class ValidatedDataset(Dataset):
         self.specs = list(specs)
         self.limit = limit
         self.description = inner.description
+        self.passes = 0
 
     def __iter__(self) -> Iterator[Feed]:
         count = 0
@@ -408,6 +413,7 @@ class ValidatedDataset(Dataset):
             count += 1
         if count == 0:
             raise DataError(f"{self.description}: contains no samples")
+        self.passes += 1
 
     def size(self) -> int | None:
         n = self.inner.size()

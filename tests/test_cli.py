@@ -249,3 +249,17 @@ def test_verify_on_held_out_data(model_path, tmp_path, capsys):
     code, stdout, stderr = _cli(["optimize", model_path, "-o", tmp_path / "o.onnx", "--calib", tmp_path / "calib.npz", "--verify-data", tmp_path / "held_out.npz", "--no-latency"], capsys)
     assert code == 0, stderr
     assert f"verification on 3 sample(s) from {tmp_path / 'held_out.npz'}" in stdout
+
+
+def test_in_sample_verification_is_flagged_only_when_passes_fitted_the_data(model_path, tmp_path, capsys):
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).normal(size=(4, 3, 16, 16)).astype(np.float32))
+    common = ["--calib", tmp_path / "calib.npz", "--no-latency"]
+    code, stdout, stderr = _cli(["optimize", model_path, "-o", tmp_path / "clean.onnx", *common], capsys)
+    assert code == 0, stderr
+    assert "in-sample" not in stdout  # cleanup never reads the data: verifying on it is fair
+    code, stdout, stderr = _cli(["optimize", model_path, "-o", tmp_path / "q.onnx", "--quantize", "int8", *common], capsys)
+    assert code == 0, stderr
+    assert "warning: verified on the calibration data the passes fitted to (in-sample)" in stdout
+    held_out = ["--verify-data", tmp_path / "calib.npz"]
+    code, stdout, _ = _cli(["optimize", model_path, "-o", tmp_path / "q2.onnx", "--quantize", "int8", *common, *held_out], capsys)
+    assert code == 0 and "in-sample" not in stdout
