@@ -200,7 +200,7 @@ def classifier_metrics(reference: np.ndarray, logits: np.ndarray) -> dict:
     p, q = _softmax(reference), _softmax(logits)
     confident = p.max(axis=1) >= CONFIDENT
     top1 = reference.argmax(1) == logits.argmax(1)
-    top5 = np.array([r in np.argsort(-l)[:5] for r, l in zip(reference.argmax(1), logits)])
+    top5 = np.array([r in np.argsort(-row)[:5] for r, row in zip(reference.argmax(1), logits)])
     kl = np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1)
     return {"top1_confident": float(top1[confident].mean()), "confident": int(confident.sum()),
             "kl": float(kl.mean()), "top5": float(top5.mean()), "top1_all": float(top1.mean())}

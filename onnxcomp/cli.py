@@ -197,7 +197,10 @@ def _image_options(size, mean, std, scale, layout, order, resize):
 @click.option("--latency/--no-latency", default=True, show_default=True, help="Measure batch-1 latency before/after.")
 @click.option("--max-abs-error", type=float, help="Fail (writing nothing) if an output differs more than this.")
 @click.option("--min-cosine", type=float, help="Fail (writing nothing) if an output's worst cosine similarity is lower.")
-@click.option("--check", "checks", multiple=True, type=click.Choice(["checker", "shape-inference", "ort-load"]), help="Invariant checked after every pass (repeatable) [default: checker].")
+@click.option(
+    "--check", "checks", multiple=True, type=click.Choice(["checker", "shape-inference", "ort-load"]),
+    help="Invariant checked after every pass (repeatable) [default: checker].",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite-input", is_flag=True, help="Allow the output to replace the input file.")
 @_input_shape_option
@@ -210,7 +213,8 @@ def _image_options(size, mean, std, scale, layout, order, resize):
 @click.option("--image-resize", type=click.Choice(["crop", "stretch"]), default="crop", show_default=True)
 @_verbosity
 def optimize(model: Path, output: Path | None, calib: Path | None, calib_limit: int | None, verify_data: Path | None, recipe: Path | None,
-             pass_list: str | None, prune: float | None, quantize: str | None, report_path: Path | None, plan_path: Path | None, verify: bool, verify_samples: int, latency: bool,
+             pass_list: str | None, prune: float | None, quantize: str | None, report_path: Path | None,
+             plan_path: Path | None, verify: bool, verify_samples: int, latency: bool,
              max_abs_error: float | None, min_cosine: float | None, checks: tuple[str, ...], seed: int,
              overwrite_input: bool, input_shapes: tuple[str, ...], image_size, image_mean, image_std, image_scale,
              image_layout, image_order, image_resize, verbose: int, quiet: bool) -> None:  # fmt: skip
@@ -222,7 +226,8 @@ def optimize(model: Path, output: Path | None, calib: Path | None, calib_limit: 
 
     if plan_path is not None and prune is None and recipe is None and not pass_list:
         raise UsageError("--prune-plan needs --prune (or a recipe/--passes with prune-channels)")
-    chosen = [name for name, given in (("--recipe", recipe), ("--passes", pass_list), ("--prune/--quantize", prune is not None or quantize is not None)) if given]
+    flags = prune is not None or quantize is not None
+    chosen = [name for name, given in (("--recipe", recipe), ("--passes", pass_list), ("--prune/--quantize", flags)) if given]
     if len(chosen) > 1:
         raise UsageError(f"give only one of {', '.join(chosen)}")
     if recipe is not None:

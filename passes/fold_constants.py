@@ -30,7 +30,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxcomp.context import PassContext
-from onnxcomp.graph import c_contiguous, constant_value, is_onnx_op, is_graph_output, remove_nodes, replace_all_uses
+from onnxcomp.graph import c_contiguous, constant_value, is_graph_output, is_onnx_op, remove_nodes, replace_all_uses
 from onnxcomp.pass_base import Pass, PassConfig, PassResult, Stage
 from onnxcomp.runtime import OptLevel, create_session
 

@@ -7,10 +7,11 @@ so activations keep a sensible range through the layers; inputs are
 
 from __future__ import annotations
 
-import builders
 import numpy as np
 import onnx
 from onnx import helper
+
+import builders
 
 
 def _conv_weight(rng: np.random.Generator, out_c: int, in_c: int, k: int) -> np.ndarray:
@@ -51,7 +52,8 @@ def cnn(seed: int = 0, opset: int = builders.OPSET) -> onnx.ModelProto:
         clip_inputs += ["zero", "six"]
     else:
         clip_attrs = {"min": 0.0, "max": 6.0}
-    conv = lambda i, o, name, **kw: helper.make_node("Conv", i, [o], name=name, **kw)
+    def conv(i, o, name, **kw):
+        return helper.make_node("Conv", i, [o], name=name, **kw)
     nodes = [
         conv(["x", "w0", "b0"], "c0", "c0", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),

@@ -110,9 +110,10 @@ def test_distill_help_does_not_import_the_exporter():
 
 def slow_teacher(tmp_path):
     """x[N,64,512] -> 30 chained MatMuls with one 512x512 weight -> y[N,64,512] (tens of ms per sample)."""
-    import builders
     import onnx
     from onnx import helper
+
+    import builders
 
     weight = builders.tensor("w", (np.eye(512) + np.random.default_rng(0).normal(0, 0.01, (512, 512))).astype(np.float32) / 1.01)
     nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"h{i - 1}", "w"], [f"h{i}" if i < 29 else "y"]) for i in range(30)]

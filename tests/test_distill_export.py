@@ -7,12 +7,12 @@ import hashlib
 import json
 from pathlib import Path
 
-import builders
 import numpy as np
 import onnx
 import pytest
 from onnx import helper
 
+import builders
 from onnxcomp.distill import ExportConfig, TeacherOutputs, export_teacher
 from onnxcomp.distill import files as distill_files
 from onnxcomp.distill.augment import augmentation_from_manifest

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 
-import builders
 import numpy as np
 import onnx
 import pytest
 
+import builders
 from onnxcomp.distill import ExportConfig, TeacherOutputs, export_teacher, losses
 
 LN3 = math.log(3.0)

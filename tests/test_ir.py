@@ -3,7 +3,6 @@
 import ml_dtypes
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 from onnx import helper
 
 import builders

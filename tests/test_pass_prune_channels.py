@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
-import builders
 import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
 
+import builders
 import onnxcomp
 from onnxcomp.analysis import model_stats
 from onnxcomp.context import PassContext

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import builders
 import numpy as np
 import onnx
 import pytest
-import quant_models as qm
-from ort_graph import optimized_ops, relative_rms_error
 
+import builders
 import onnxcomp
+import quant_models as qm
 from onnxcomp.cli import main
 from onnxcomp.context import PassContext
 from onnxcomp.data import ListDataset
@@ -19,6 +18,7 @@ from onnxcomp.pass_manager import PassManager
 from onnxcomp.quantization import calibration
 from onnxcomp.registry import build_pipeline, create_pass
 from onnxcomp.verify import check_loads
+from ort_graph import optimized_ops, relative_rms_error
 
 
 def quantize(model: onnx.ModelProto, data, **options) -> onnx.ModelProto:
@@ -142,9 +142,10 @@ def test_statistics_file_is_reused_for_another_method(tmp_path, monkeypatch):
     monkeypatch.setattr("onnxcomp.passes.quantize_static.collect_statistics", no_model_runs)
     again = quantize(m, data, statistics=str(path), method="minmax")
     other = quantize(m, data, statistics=str(path), method="percentile", percentile=99.0)
-    scales = lambda model: sorted(
-        float(onnx.numpy_helper.to_array(t)) for t in model.graph.initializer if t.name.endswith("_scale") and not t.dims
-    )
+    def scales(model):
+        return sorted(
+            float(onnx.numpy_helper.to_array(t)) for t in model.graph.initializer if t.name.endswith("_scale") and not t.dims
+        )
     assert scales(again) == scales(first)
     assert scales(other) != scales(first)
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import builders
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+import builders
 from onnxcomp.context import PassContext
 from onnxcomp.pass_manager import Check, PassManager
 from onnxcomp.registry import create_pass

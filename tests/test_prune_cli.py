@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
-import builders
 import numpy as np
 import onnx
 import pytest
 from onnx import helper
 
+import builders
 from onnxcomp.cli import main
 
 

@@ -9,12 +9,12 @@ absorbs the changed summation order of the smaller layers.
 
 from __future__ import annotations
 
-import builders
 import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
 
+import builders
 from onnxcomp.context import PassContext
 from onnxcomp.pass_manager import Check, PassManager
 from onnxcomp.registry import create_pass

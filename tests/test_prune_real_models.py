@@ -10,15 +10,15 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from test_real_models import (
-    _with_metadata,  # a copy of the shipped model with a metadata entry
-)
 
 import onnxcomp
 from benchmarks import assets
 from onnxcomp.model_io import load_model
 from onnxcomp.pipelines import pipeline_from_flags
 from onnxcomp.verify import check_loads
+from test_real_models import (
+    _with_metadata,  # a copy of the shipped model with a metadata entry
+)
 
 pytestmark = pytest.mark.slow
 

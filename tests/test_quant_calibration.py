@@ -6,8 +6,8 @@ import tracemalloc
 
 import numpy as np
 import pytest
-import quant_models as qm
 
+import quant_models as qm
 from onnxcomp.activations import session_with_outputs
 from onnxcomp.data import ListDataset, ReiterableDataset
 from onnxcomp.errors import DataError

@@ -7,14 +7,14 @@ import collections
 import numpy as np
 import onnx
 import pytest
-import quant_models as qm
 from onnx import numpy_helper
-from ort_graph import optimized_ops
 
+import quant_models as qm
 from onnxcomp.context import PassContext
 from onnxcomp.data import ListDataset
 from onnxcomp.pass_manager import PassManager
 from onnxcomp.registry import build_pipeline
+from ort_graph import optimized_ops
 
 
 def quantize(model: onnx.ModelProto, samples: int = 12, **options) -> onnx.ModelProto:

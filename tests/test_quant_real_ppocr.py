@@ -15,16 +15,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import builders
 import numpy as np
 import onnx
 import pytest
-from ort_graph import optimized_ops
-from test_real_models import _with_metadata
 
+import builders
 from benchmarks import assets
 from onnxcomp.cli import main
 from onnxcomp.verify import check_loads
+from ort_graph import optimized_ops
+from test_real_models import _with_metadata
 
 pytestmark = pytest.mark.slow
 

@@ -7,19 +7,19 @@ function unchanged.
 
 from __future__ import annotations
 
-import builders
 import numpy as np
 import onnx
-import quant_models as qm
 from onnx import helper
-from ort_graph import relative_rms_error
 
+import builders
+import quant_models as qm
 from onnxcomp.context import PassContext
 from onnxcomp.data import ListDataset
 from onnxcomp.ir import import_graph
 from onnxcomp.pass_manager import PassManager
 from onnxcomp.quantization.reconstruction import reconstruct_rounding
 from onnxcomp.registry import build_pipeline, create_pass
+from ort_graph import relative_rms_error
 
 
 def separable(seed: int = 0) -> onnx.ModelProto:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import quant_models as qm
 
+import quant_models as qm
 from onnxcomp.context import PassContext
 from onnxcomp.data import ListDataset
 from onnxcomp.pass_manager import PassManager

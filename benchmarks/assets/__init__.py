@@ -29,8 +29,8 @@ from .ocr import (
     rec_preprocess,
     render_line,
     render_page,
-    vary_lighting,
     resize_bilinear,
+    vary_lighting,
 )
 from .text import documentation_sentences, text_lines
 

@@ -42,7 +42,10 @@ def _parse_part(text: str | None) -> tuple[int, int] | None:
 @distill.command("export")
 @click.argument("teacher", type=click.Path(path_type=Path))
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="Samples: .npz, folder of .npy/.npz, or image folder (as --calib).")
-@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path), help="Export folder (created; an unfinished export of the same plan is resumed).")
+@click.option(
+    "-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+    help="Export folder (created; an unfinished export of the same plan is resumed).",
+)
 @click.option("--logits", "logits", multiple=True, metavar="NAME", help="Teacher output stored as logits (repeatable) [default: all graph outputs].")
 @click.option("--feature", "features", multiple=True, metavar="NAME", help="Intermediate tensor stored as is (repeatable).")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True, help="Precision of stored float tensors.")
@@ -57,7 +60,10 @@ def _parse_part(text: str | None) -> tuple[int, int] | None:
 @click.option("--augment", metavar="SPEC", help="Augmented views, e.g. crop-flip or crop-flip:scale=0.5-1,flip=0.")
 @click.option("--views", type=click.IntRange(min=1), default=1, show_default=True, help="Augmented views per sample.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the augmentation.")
-@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="ray: shards as Ray Data tasks (pip install onnxcomp[ray]).")
+@click.option(
+    "--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+    help="ray: shards as Ray Data tasks (pip install onnxcomp[ray]).",
+)
 @click.option("--ray-address", help="Ray cluster address [default: start a local Ray instance].")
 @click.option("--workers", type=click.IntRange(min=1), help="Parallel Ray tasks [default: cluster CPUs].")
 @_verbosity

@@ -45,7 +45,10 @@ def _preprocessing(dataset: Dataset, image_options: Any, preprocessing: Mapping[
         options = image_options or ImageOptions()
         record["image_options"] = {k: (v.value if hasattr(v, "value") else (list(v) if isinstance(v, tuple) else v))
                                    for k, v in dataclasses.asdict(options).items()}
-        record["image_steps"] = "decode RGB -> resize (crop: shorter side to size/crop_fraction, centre crop; stretch) -> channel order -> (pixels*scale - mean)/std -> layout, batch axis (onnxcomp.data_images)"
+        record["image_steps"] = (
+            "decode RGB -> resize (crop: shorter side to size/crop_fraction, centre crop; stretch) -> channel order"
+            " -> (pixels*scale - mean)/std -> layout, batch axis (onnxcomp.data_images)"
+        )
     if preprocessing:
         record["user"] = dict(preprocessing)
     return record

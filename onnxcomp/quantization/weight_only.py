@@ -277,7 +277,10 @@ def replace_with_dequantize_linear(graph: gs.Graph, namer: Namer, layer, quantiz
     per_channel = quantized.block_size >= k
     q = quantized.q.T.astype(quantized.qtype.numpy_dtype)
     scale = quantized.scale[:, 0] if per_channel else quantized.scale.T
-    inputs = [subbyte_aware_constant(namer, f"{base}_weight_q", np.ascontiguousarray(q)), add_constant(namer, f"{base}_weight_scale", np.ascontiguousarray(scale))]
+    inputs = [
+        subbyte_aware_constant(namer, f"{base}_weight_q", np.ascontiguousarray(q)),
+        add_constant(namer, f"{base}_weight_scale", np.ascontiguousarray(scale)),
+    ]
     if quantized.zero_point is not None:
         zero = quantized.zero_point[:, 0] if per_channel else quantized.zero_point.T
         inputs.append(subbyte_aware_constant(namer, f"{base}_weight_zero_point", np.ascontiguousarray(zero.astype(quantized.qtype.numpy_dtype))))
@@ -350,7 +353,8 @@ def _replace_layer(graph, namer: Namer, layer, weight_node: gs.Node | None, op: 
     if layer.alpha != 1.0:
         scaled = result
         result = gs.Variable(namer(f"{base}_unscaled"), dtype=np.float32)
-        tail.append(gs.Node("Mul", namer(f"{base}_Alpha"), inputs=[result, add_constant(namer, f"{base}_alpha", np.array(layer.alpha, np.float32))], outputs=[scaled]))
+        alpha = add_constant(namer, f"{base}_alpha", np.array(layer.alpha, np.float32))
+        tail.append(gs.Node("Mul", namer(f"{base}_Alpha"), inputs=[result, alpha], outputs=[scaled]))
     main = gs.Node(op, namer(f"{base}_{op}"), attrs=attrs, inputs=inputs, outputs=[result], domain=domain)
     graph.nodes.extend(([weight_node] if weight_node is not None else []) + [main] + tail)
 
