@@ -35,6 +35,7 @@ from .model_io import (
     uses_external_data,
 )
 from .pass_manager import Check, PassManager
+from .probe import gather_bounds
 from .progress import ProgressFactory, null_progress
 from .recipe import load_recipe
 from .registry import build_pipeline
@@ -227,25 +228,6 @@ def _verification_data(
 def _min_limit(a: int | None, b: int | None) -> int | None:
     values = [v for v in (a, b) if v is not None]
     return min(values) if values else None
-
-
-def gather_bounds(model: onnx.ModelProto) -> dict[str, int]:
-    """Upper bounds for random integer inputs that index an embedding table.
-
-    For an input read directly by ``Gather`` on a constant table, random
-    indices must stay below the table's size on the gathered axis.
-    """
-    sizes = {t.name: list(t.dims) for t in model.graph.initializer}
-    bounds: dict[str, int] = {}
-    for node in model.graph.node:
-        if node.op_type != "Gather" or len(node.input) < 2 or node.input[0] not in sizes:
-            continue
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-        dims = sizes[node.input[0]]
-        if dims and -len(dims) <= axis < len(dims):
-            size = int(dims[axis])
-            bounds[node.input[1]] = min(bounds.get(node.input[1], size), size)
-    return bounds
 
 
 def _gate(report: OptimizeReport, max_abs_error: float | None, min_cosine: float | None) -> None:

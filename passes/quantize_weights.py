@@ -32,12 +32,12 @@ from onnxcomp.errors import UsageError
 from onnxcomp.graph import Namer
 from onnxcomp.ir import import_graph
 from onnxcomp.pass_base import Pass, PassResult, Stage
+from onnxcomp.probe import probe_feed
 from onnxcomp.quantization.opset import ensure_opset
 from onnxcomp.quantization.weight_only import (
     BLOCKED_DQ_OPSET,
     WeightSelectionConfig,
     block_quantize,
-    probe_feed,
     quantize_embedding,
     replace_with_dequantize_linear,
     replace_with_matmul_nbits,
@@ -135,7 +135,7 @@ class QuantizeWeights(Pass):
 
     def _raised(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
         model = ctx.export(graph)
-        feed = ctx.data.first() if ctx.data is not None else probe_feed(model, ctx.seed)
+        feed, _ = probe_feed(model, ctx.data, seed=ctx.seed)
         converted, _, reason = ensure_opset(model, BLOCKED_DQ_OPSET, feed)
         if reason is not None:
             raise UsageError(

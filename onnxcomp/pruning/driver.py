@@ -23,6 +23,7 @@ from ..errors import UsageError
 from ..ir import export_model, import_graph
 from ..latency import measure_latency
 from ..pass_base import PassResult
+from ..probe import probe_feed
 from ..shapes import clear_intermediate_shapes
 from .allocate import Allocator, search_level
 from .analysis import Dependencies, analyze
@@ -37,7 +38,7 @@ from .reconstruct import compensate_bias, find_sinks, refit_layers
 from .rewrite import apply_removal
 from .select import kept_count, select_units
 from .sensitivity import load_curves, sweep
-from .shapes import concrete_shapes, probe_feed
+from .shapes import concrete_shapes
 from .stats import collect_stats
 
 logger = logging.getLogger(__name__)

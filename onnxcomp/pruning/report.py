@@ -17,9 +17,10 @@ import onnx
 from ..context import PassContext
 from ..ir import import_graph
 from ..model_io import load_model
+from ..probe import probe_feed
 from .analysis import analyze
 from .groups import build_groups
-from .shapes import concrete_shapes, probe_feed
+from .shapes import concrete_shapes
 
 
 @dataclasses.dataclass

@@ -4,7 +4,7 @@ The analysis reasons about reshapes and broadcasting, which needs every
 tensor's dims as integers. They come from one probe input: the first
 calibration sample when there is data, otherwise random data of the model's
 input shapes (a dynamic leading dim is a batch of 1; other dynamic dims must be
-given or default to :data:`PROBE_DIM`). ONNX shape inference with those input
+given or default to :data:`onnxcomp.probe.PROBE_DIM`). ONNX shape inference with those input
 dims resolves most tensors; the rest are measured by running the model once in
 onnxruntime.
 """
@@ -12,58 +12,19 @@ onnxruntime.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
 
 from ..activations import expose_outputs
-from ..data import Dataset, Feed, InputSpec, RandomDataset, input_specs, resolve_shapes
+from ..data import Feed
 from ..errors import DataError
 from ..runtime import OptLevel, create_session
 from ..shapes import infer_model_shapes, shape_of, value_infos
 
 logger = logging.getLogger(__name__)
 
-PROBE_DIM = 64
-"""Stand-in for dynamic non-batch input dims when neither data nor shapes are given."""
-
 Shapes = dict[str, tuple[int, ...]]
-
-
-def probe_feed(
-    model: onnx.ModelProto,
-    data: Dataset | None,
-    input_shapes: Mapping[str, Sequence[int]] | None = None,
-    seed: int = 0,
-) -> tuple[Feed, dict[str, int]]:
-    """The input used to measure shapes, and the dims that had to be assumed."""
-    if data is not None:
-        return data.first(), {}
-    specs = input_specs(model)
-    try:
-        shapes, assumed = resolve_shapes(specs, input_shapes)
-    except DataError:
-        shapes, assumed = _probe_shapes(specs, input_shapes)
-    from ..api import gather_bounds
-
-    feed = next(iter(RandomDataset(specs, shapes, 1, seed, int_high=gather_bounds(model))))
-    return feed, assumed
-
-
-def _probe_shapes(
-    specs: Sequence[InputSpec], overrides: Mapping[str, Sequence[int]] | None
-) -> tuple[Shapes, dict[str, int]]:
-    """Shapes with every symbolic non-batch dim set to :data:`PROBE_DIM`."""
-    symbols = {
-        d: PROBE_DIM
-        for spec in specs
-        for axis, d in enumerate(spec.shape or ())
-        if isinstance(d, str) and axis > 0 and not (overrides and spec.name in overrides)
-    }
-    shapes, assumed = resolve_shapes(specs, overrides, symbols)
-    assumed.update(symbols)
-    return shapes, assumed
 
 
 def concrete_shapes(model: onnx.ModelProto, feed: Feed) -> Shapes:

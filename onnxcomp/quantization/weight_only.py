@@ -366,21 +366,3 @@ def _replace_layer(graph, namer: Namer, layer, weight_node: gs.Node | None, op: 
 BLOCKED_DQ_OPSET = 21
 
 
-def probe_feed(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
-    """A small input for ``model``: symbolic dims 2, floats N(0,1), integers 0 (a valid index anywhere)."""
-    rng = np.random.default_rng(seed)
-    initializers = {t.name for t in model.graph.initializer}
-    feed = {}
-    for info in model.graph.input:
-        if info.name in initializers:
-            continue
-        tensor_type = info.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 2 for d in tensor_type.shape.dim]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
-        if np.issubdtype(dtype, np.floating):
-            feed[info.name] = rng.standard_normal(dims).astype(dtype)
-        elif dtype == np.bool_:
-            feed[info.name] = np.ones(dims, dtype)
-        else:
-            feed[info.name] = np.zeros(dims, dtype)
-    return feed
