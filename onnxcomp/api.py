@@ -81,8 +81,9 @@ def optimize(
     Args:
         model: A path to an ``.onnx`` file, or a loaded ``ModelProto``.
         passes: The pipeline: a list of pass names, presets, one-key mappings
-            ``{name: {options}}`` or Pass instances; or the path of a YAML
-            recipe. Default: the ``cleanup`` preset.
+            ``{name: {options}}`` or Pass instances; one such name; or the
+            path of a YAML recipe (a ``Path``, or a string ending in .yaml/.yml).
+            Default: the ``cleanup`` preset.
         output: Where to write the result (atomically). None writes nothing.
         data: Calibration data (see :mod:`onnxcomp.data` for the sources).
         data_limit: Use at most this many calibration samples.
@@ -172,10 +173,14 @@ LARGE_MODEL_BYTES = 1 << 30
 
 
 def _pipeline_manager(passes: Sequence[Any] | str | os.PathLike | None, checks: Sequence[Check | str] | None) -> PassManager:
+    """A path (any ``os.PathLike``, or a string ending in .yaml/.yml) is a recipe;
+    another string is one pass or preset name; anything else a pipeline spec."""
     recipe_checks = None
-    if isinstance(passes, (str, os.PathLike)) and Path(passes).suffix.lower() in (".yaml", ".yml"):
+    if isinstance(passes, os.PathLike) or isinstance(passes, str) and Path(passes).suffix.lower() in (".yaml", ".yml"):
         recipe = load_recipe(passes)
         elements, recipe_checks = recipe.elements, recipe.checks
+    elif isinstance(passes, str):
+        elements = build_pipeline([passes])
     else:
         elements = build_pipeline(passes if passes is not None else DEFAULT_PIPELINE)
     return PassManager(elements, checks=checks if checks is not None else (recipe_checks or (Check.CHECKER,)))

@@ -196,6 +196,18 @@ def test_bad_recipe(model_path, tmp_path, capsys, recipe, message):
     assert not (tmp_path / "o.onnx").exists()
 
 
+def test_recipe_is_read_whatever_its_file_name(model_path, tmp_path, capsys):
+    """A recipe path need not end in .yaml (e.g. --recipe /dev/stdin, or a .txt file); a bad one still fails in one line."""
+    (tmp_path / "recipe.txt").write_text("passes: [cleanup]\nchecks: [ort-load]\n")
+    code, stdout, stderr = _cli(["optimize", model_path, "-o", tmp_path / "o.onnx", "--recipe", tmp_path / "recipe.txt", "--no-latency"], capsys)
+    assert code == 0, stderr
+    assert "wrote" in stdout and (tmp_path / "o.onnx").exists()
+    (tmp_path / "bad.txt").write_text("passes: [bogus]\n")
+    code, _, stderr = _cli(["optimize", model_path, "-o", tmp_path / "b.onnx", "--recipe", tmp_path / "bad.txt"], capsys)
+    assert code == 2 and "unknown pass 'bogus'" in stderr and len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "b.onnx").exists()
+
+
 def test_bad_usage_is_exit_2_one_line(model_path, capsys):
     code, _, stderr = _cli(["optimize", model_path, "--verify-samples", "0"], capsys)
     assert code == 2 and len(stderr.strip().splitlines()) == 1 and "Invalid value" in stderr
