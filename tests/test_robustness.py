@@ -54,8 +54,15 @@ def _busy_run(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.zeros((400, 3, 96, 96), np.float32))
     return subprocess.Popen(
         [sys.executable, "-m", "onnxcomp", "optimize", str(source), "-o", str(tmp_path / "o.onnx"), "--calib", str(tmp_path / "d.npz"), "--verify-samples", "400", "-q"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_foreground_signals,
     )
+
+
+def _foreground_signals():
+    """In the child before exec: SIGINT as in a terminal's foreground job. A child inherits ignored
+    signals and Python leaves an ignored SIGINT ignored, as a background job should; a suite started
+    in the background (``pytest &`` in a script) has it ignored and would wrongly fail here."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_sigterm_leaves_nothing_behind(tmp_path):
