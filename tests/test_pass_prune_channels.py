@@ -145,10 +145,62 @@ def test_target_macs_is_met_and_estimated_exactly():
     assert 0.0 < step.summary["ratio_found"] < 0.9
 
 
+def specialist_net() -> onnx.ModelProto:
+    """x[N,4,6,6] -> Conv 1x1 (16) -> Relu -> Conv 1x1 (4) -> y, with three kinds of hidden unit:
+    0-7 read input channels 0-2 (moderate head weights), 8-11 "specialists" read only
+    input channel 3 (large head weights), 12-15 read channels 0-2 (tiny head weights)."""
+    rng = np.random.default_rng(11)
+    w1 = np.zeros((16, 4, 1, 1), np.float32)
+    w1[:8, :3] = rng.uniform(0.5, 1.0, (8, 3, 1, 1))
+    w1[8:12, 3] = 1.0
+    w1[12:, :3] = rng.uniform(0.5, 1.0, (4, 3, 1, 1))
+    w2 = np.zeros((4, 16, 1, 1), np.float32)
+    w2[:, :8] = rng.normal(0, 0.3, (4, 8, 1, 1))
+    w2[:, 8:12] = rng.normal(0, 1.0, (4, 4, 1, 1))
+    w2[:, 12:] = rng.normal(0, 0.02, (4, 4, 1, 1))
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2"], ["y"], name="conv2"),
+    ]
+    inits = [builders.tensor("w1", w1), builders.tensor("w2", w2)]
+    return builders.model(nodes, [builders.value("x", ["N", 4, 6, 6])], [builders.value("y", ["N", 4, 6, 6])], inits)
+
+
+def test_activation_shrinkage_keeps_channels_the_calibration_data_never_excite():
+    # Calibration inputs leave channel 3 at zero (like greyscale photographs for a colour
+    # feature); deployment inputs use it. Unshrunk, the specialists measure 0 and go first.
+    m = specialist_net()
+    rng = np.random.default_rng(12)
+    deploy = [{"x": np.abs(rng.normal(0, 1, (1, 4, 6, 6))).astype(np.float32)} for _ in range(24)]
+    calib = [{"x": f["x"] * np.array([1, 1, 1, 0], np.float32)[:, None, None]} for f in deploy[:16]]
+    deploy = deploy[16:]
+    errors, specialists = {}, {}
+    for shrinkage in (0.0, 0.5):
+        out, step, _ = prune(
+            m, dataset(calib), ratio=0.25, criterion="contribution", allocation="uniform",
+            reconstruction="none", activation_shrinkage=shrinkage,
+        )  # fmt: skip
+        assert step.summary["units_removed"] == 4 and step.summary["activation_shrinkage"] == shrinkage
+        w1 = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}["w1"]
+        specialists[shrinkage] = int(np.count_nonzero(w1[:, 3]))
+        errors[shrinkage] = relative_error(m, out, deploy)
+    assert specialists == {0.0: 0, 0.5: 4}, specialists
+    assert errors[0.5] < 0.1 * errors[0.0], errors
+
+
+def test_activation_shrinkage_out_of_range_is_refused():
+    with pytest.raises(UsageError, match="activation_shrinkage must be in"):
+        create_pass("prune-channels", {"activation_shrinkage": 1.5})
+
+
 def test_sensitivity_allocation_prunes_the_insensitive_group_more():
-    m = conv_net(seed=12, head_scale=0.05)
-    w2 = numpy_helper.to_array(m.graph.initializer[2]).copy()
-    m.graph.initializer[2].CopyFrom(numpy_helper.from_array(w2 * 20, "w2"))  # conv1's channels matter a lot
+    m = conv_net(seed=12)
+    # The head reads 4 of conv2's 32 channels: conv2's group can lose most channels at little
+    # cost, while every conv1 channel feeds those 4 through conv2.
+    w3 = numpy_helper.to_array(m.graph.initializer[4]).copy()
+    w3[:, 4:] *= 0.01
+    m.graph.initializer[4].CopyFrom(numpy_helper.from_array(w3, "w3"))
     out, step, artifacts = prune(m, dataset(samples(16, seed=13)), ratio=0.4, allocation="sensitivity", reconstruction="none")
     assert set(artifacts["sensitivity"]) == {"conv1", "conv2"}
     assert kept(out, "w2") < kept(out, "w1")

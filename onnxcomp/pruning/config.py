@@ -65,6 +65,15 @@ class PruneChannelsConfig(PassConfig):
         target_latency: If set, prune until the measured batch-1 latency is at
             most this fraction of the unpruned model's (searches the ratio).
         reconstruction: See :class:`Reconstruction`.
+        activation_shrinkage: How far the ``contribution`` criterion shrinks
+            each channel's measured mean activation towards its layer's mean
+            (0 trusts the calibration data fully; 1 ignores per-channel
+            activations, leaving the weights to rank). The default hedges
+            against calibration data that miss content seen in deployment:
+            on EfficientNet-Lite1 at 30 %, calibrated on nine photographs,
+            top-1 agreement on two sets of unseen photographs rose from 0.53
+            to 0.76 and from 0.51 to 0.80, while new crops of the calibration
+            photographs stayed at 1.00 (benchmarks/README.md).
         ridge: Ridge strength of least-squares reconstruction, relative to the
             mean input variance.
         calib_samples: Calibration samples used for statistics, sensitivity and
@@ -88,6 +97,7 @@ class PruneChannelsConfig(PassConfig):
     target_macs: float | None = None
     target_latency: float | None = None
     reconstruction: Reconstruction = Reconstruction.AUTO
+    activation_shrinkage: float = 0.5
     ridge: float = 1.0
     calib_samples: int = 64
     plan: str | None = None
@@ -111,6 +121,8 @@ class PruneChannelsConfig(PassConfig):
             raise ValueError(f"round_to must be >= 1, got {self.round_to}")
         if self.min_channels < 1:
             raise ValueError(f"min_channels must be >= 1, got {self.min_channels}")
+        if not 0.0 <= self.activation_shrinkage <= 1.0:
+            raise ValueError(f"activation_shrinkage must be in [0, 1], got {self.activation_shrinkage}")
         if self.ridge < 0:
             raise ValueError(f"ridge must be >= 0, got {self.ridge}")
         if self.calib_samples < 1:

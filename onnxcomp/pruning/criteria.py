@@ -13,8 +13,15 @@ over every layer of the dependency group (group-summed):
   layers, measured on calibration data.
 * ``apoz``: ``1 - APoZ``, the fraction of non-zero activations there (for
   ReLU-like activations), with mean ``|x|`` breaking ties.
-* ``contribution``: ``sum over consumers of mean|x_c| * ||W[:, c]||_2``, the
-  expected size of the channel's contribution to the next layers' outputs.
+* ``contribution``: ``sum over consumers of a_c * ||W[:, c]||_2``, the
+  expected size of the channel's contribution to the next layers' outputs,
+  where ``a_c = (1 - s) * mean|x_c| + s * mean over the layer's channels`` is
+  the measured activation shrunk towards the layer's mean by ``s``
+  (``activation_shrinkage``). Calibration data cover a few kinds of input; a
+  channel that only fires on content they lack (fur, when the calibration
+  photographs hold none) measures ~0 and would go first whatever its weights.
+  Shrinking hedges that estimate: such a channel keeps a share of the layer's
+  mean activation, so its weights decide.
 * ``obs``: Optimal Brain Surgeon order: the consumers' output error after a
   least-squares refit without the channel, removed greedily
   (:mod:`onnxcomp.pruning.obs`); ``contribution`` ranks what it does not reach.
@@ -49,6 +56,10 @@ class Criterion(enum.Enum):
     RANDOM = "random"
 
     @property
+    def uses_contribution(self) -> bool:
+        return self in (Criterion.CONTRIBUTION, Criterion.OBS)
+
+    @property
     def needs_data(self) -> bool:
         return self in (Criterion.ACTIVATION, Criterion.APOZ, Criterion.CONTRIBUTION, Criterion.OBS)
 
@@ -62,8 +73,10 @@ def unit_scores(
     groups: list[Group],
     stats: dict[str, ChannelStats] | None = None,
     seed: int = 0,
+    shrinkage: float = 0.0,
 ) -> tuple[dict[int, float], list[str]]:
-    """Score of every prunable unit, and the groups that fell back to ``l2``."""
+    """Score of every prunable unit, and the groups that fell back to ``l2``
+    (``shrinkage``: see ``contribution`` above)."""
     size = len(deps.sets)
     if criterion is Criterion.RANDOM:
         per_channel = np.random.default_rng(seed).random(size)
@@ -73,7 +86,7 @@ def unit_scores(
         per_channel = bn_scale(deps)
     else:
         base = Criterion.CONTRIBUTION if criterion is Criterion.OBS else criterion
-        per_channel = activation_scores(base, deps, stats or {})
+        per_channel = activation_scores(base, deps, stats or {}, shrinkage=shrinkage)
     fallback_scores = None
     scores: dict[int, float] = {}
     fell_back = []
@@ -116,7 +129,9 @@ def bn_scale(deps: Dependencies) -> np.ndarray:
     return out
 
 
-def activation_scores(criterion: Criterion, deps: Dependencies, stats: dict[str, ChannelStats]) -> np.ndarray:
+def activation_scores(
+    criterion: Criterion, deps: Dependencies, stats: dict[str, ChannelStats], shrinkage: float = 0.0
+) -> np.ndarray:
     """Mean |x|, 1 - APoZ or contribution per channel (NaN where not observed)."""
     total = np.zeros(len(deps.sets))
     count = np.zeros(len(deps.sets))
@@ -136,7 +151,8 @@ def activation_scores(criterion: Criterion, deps: Dependencies, stats: dict[str,
                 continue
             weight = np.asarray(constant_value(record.tensor), dtype=np.float64)
             columns = np.moveaxis(weight, record.axes[0], 0).reshape(weight.shape[record.axes[0]], -1)
-            value = s.mean_abs * np.sqrt((columns * columns).sum(axis=1))
+            activation = (1.0 - shrinkage) * s.mean_abs + shrinkage * s.mean_abs.mean()
+            value = activation * np.sqrt((columns * columns).sum(axis=1))
         _scatter(total, obs.ids, value)
         _scatter(count, obs.ids, np.ones_like(value))
     if criterion is Criterion.CONTRIBUTION:

@@ -66,7 +66,7 @@ def prune_channels(graph: gs.Graph, ctx: PassContext, config: PruneChannelsConfi
     stats = None
     if setup.data is not None and (setup.criterion.needs_data or setup.reconstruction is not Reconstruction.NONE):
         stats = collect_stats(setup.original, setup.data, deps.records.observations, progress=ctx.progress)
-    scores, fell_back = unit_scores(setup.criterion, deps, groups, stats, ctx.seed)
+    scores, fell_back = unit_scores(setup.criterion, deps, groups, stats, ctx.seed, config.activation_shrinkage)
     extra: dict[str, Any] = {}
     if config.plan:
         removed = removed_units(load_plan(config.plan), deps, f"pruning plan {config.plan}")
@@ -219,6 +219,7 @@ def _summary(setup: _Setup, config, removed: set[int], level: float | None, fell
     units = sum(len(g.units) for g in groups if g.prunable)
     summary = {
         "criterion": setup.criterion.value,
+        **({"activation_shrinkage": config.activation_shrinkage} if setup.criterion.uses_contribution else {}),
         "allocation": setup.allocation.value,
         "calibration": setup.data is not None,
         "groups": len(groups),
