@@ -9,14 +9,17 @@ Sections (all in one run by default):
   and evaluation crops come from disjoint photographs. Every pruned model is
   compared with the unpruned one (after the same cleanup): top-1 agreement where
   the unpruned model is confident (top probability >= 0.3), over all crops, and
-  mean KL(unpruned || pruned); the "seen" columns repeat agreement and KL on
-  new crops of the *calibration* photographs (calibration data representative
-  of deployment, as a user's own data would be); MACs and parameters; batch-1
+  mean KL(unpruned || pruned); the "holdout" columns repeat agreement and KL
+  on a second set of unseen photographs from other packages (scikit-learn's,
+  matplotlib's and the rest of scikit-image's), the "seen" columns on new crops
+  of the *calibration* photographs (calibration data representative of
+  deployment, as a user's own data would be); MACs and parameters; batch-1
   latency measured interleaved in one process. Rows: onnxcomp's ``--prune R --calib`` default
   (contribution criterion, sensitivity allocation, least-squares reconstruction)
   for R = 10..50 %, magnitude-only (``--prune R`` without data: L2, uniform, no
-  reconstruction), activation-based at 30 % (mean |activation|, no
-  reconstruction), and the anchor: Torch-Pruning's MetaPruner on the same
+  reconstruction), the default at 30 % without activation shrinkage (the
+  contribution criterion trusting calibration activations fully),
+  activation-based at 30 % (mean |activation|, no reconstruction), and the anchor: Torch-Pruning's MetaPruner on the same
   PyTorch model (group L2 magnitude, 30 % per layer, channels rounded to 16 like
   onnxcomp, no fine-tuning), exported and cleaned the same way.
 * ``ocr`` — PP-OCRv5 det/rec/cls at 30 % on rendered text: validity (ONNX
@@ -144,10 +147,12 @@ def cnn_section(args, workdir: Path) -> dict:
     eval_x = assets.preprocess(assets.photo_crops(args.eval, spec.size, seed=1, split="eval"), spec)
     # New crops of the calibration photographs: the deployment case where calibration data is representative.
     seen_x = assets.preprocess(assets.photo_crops(args.eval, spec.size, seed=7, split="calib"), spec)
+    # A second unseen set from other packages' photographs (checks what was tuned on the first).
+    holdout_x = assets.preprocess(assets.photo_crops(args.eval, spec.size, seed=3, split="holdout"), spec)
     calib = [{"input": calib_x[i : i + 1]} for i in range(len(calib_x))]
     feed = {"input": eval_x[:1]}
     base = _cleaned(assets.efficientnet_lite1_onnx(), feed)
-    ref, ref_seen = _logits(base, eval_x), _logits(base, seen_x)
+    ref, ref_seen, ref_holdout = _logits(base, eval_x), _logits(base, seen_x), _logits(base, holdout_x)
     runs: dict[str, tuple] = {}
     # The sensitivity sweep does not depend on the ratio: the 30 % run measures it, the others reuse it.
     first = _prune(base, {"ratio": 0.3}, feed, calib)
@@ -159,6 +164,9 @@ def cnn_section(args, workdir: Path) -> dict:
         )
     for ratio in args.ratios:
         runs[f"onnxcomp --prune {ratio:.1f} (magnitude only)"] = _prune(base, {"ratio": ratio}, feed)
+    runs["onnxcomp 0.3 --calib, activation_shrinkage 0"] = _prune(
+        base, {"ratio": 0.3, "activation_shrinkage": 0.0}, feed, calib
+    )
     runs["onnxcomp 0.3 --calib, no reconstruction"] = _prune(
         base, {"ratio": 0.3, "reconstruction": "none", "sensitivity_from": str(curves)}, feed, calib
     )
@@ -182,9 +190,12 @@ def cnn_section(args, workdir: Path) -> dict:
             {"model": name, "removed": removed, **_sizes(model, base, feed), "latency": latency[name],
              "latency_1t": single[name],
              **_agreement(ref, _logits(model, eval_x)), "seconds": run[3] if run else tp_seconds,
-             **{f"{k}_seen": v for k, v in _agreement(ref_seen, _logits(model, seen_x)).items()}}
+             **{f"{k}_seen": v for k, v in _agreement(ref_seen, _logits(model, seen_x)).items()},
+             **{f"{k}_holdout": v for k, v in _agreement(ref_holdout, _logits(model, holdout_x)).items()}}
         )  # fmt: skip
     return {"confident": int((_softmax(ref).max(axis=1) >= CONFIDENT).sum()), "eval": len(eval_x),
+            "confident_holdout": int((_softmax(ref_holdout).max(axis=1) >= CONFIDENT).sum()),
+            "holdout_photos": assets.photo_names("holdout"),
             "calib": len(calib), "unpruned_ms": latency["unpruned_ms"], "unpruned_ms_1t": single["unpruned_ms"],
             "rows": rows}  # fmt: skip
 
@@ -192,15 +203,17 @@ def cnn_section(args, workdir: Path) -> dict:
 def print_cnn(result: dict) -> None:
     print(
         f"\n## EfficientNet-Lite1: {result['calib']} calibration crops, {result['eval']} evaluation crops "
-        f"({result['confident']} confident); unpruned {result['unpruned_ms']:.1f} ms (default threads), "
+        f"({result['confident']} confident; holdout {result['confident_holdout']} confident, photographs "
+        f"{', '.join(result['holdout_photos'])}); unpruned {result['unpruned_ms']:.1f} ms (default threads), "
         f"{result['unpruned_ms_1t']:.1f} ms (1 thread)"
     )
     header = ["model", "units removed", "MACs", "params", "latency", "latency 1T", "top-1 @ conf", "top-1 all", "KL",
-              "seen: top-1 @ conf", "seen: KL", "s"]  # fmt: skip
+              "holdout: top-1 @ conf", "holdout: KL", "seen: top-1 @ conf", "seen: KL", "s"]  # fmt: skip
     rows = [
         [r["model"], f"{r['removed']:.1%}", f"{r['macs']:.3f}x", f"{r['params']:.3f}x", f"{r['latency']:.3f}x",
          f"{r['latency_1t']:.3f}x",
          f"{r['top1_confident']:.3f}", f"{r['top1_all']:.3f}", f"{r['kl']:.3f}",
+         f"{r['top1_confident_holdout']:.3f}", f"{r['kl_holdout']:.3f}",
          f"{r['top1_confident_seen']:.3f}", f"{r['kl_seen']:.3f}", f"{r['seconds']:.0f}"]
         for r in result["rows"]
     ]  # fmt: skip

@@ -95,7 +95,9 @@ def test_documentation_sentences_are_disjoint_and_stable():
 def test_photo_crops_deterministic_and_splits_disjoint():
     from benchmarks.assets import images
 
-    assert not set(images.photo_names("calib")) & set(images.photo_names("eval"))
+    names = {split: set(images.photo_names(split)) for split in images.SPLITS}
+    assert not names["calib"] & names["eval"] and not names["holdout"] & (names["calib"] | names["eval"])
+    assert {"horse", "color"} <= names["holdout"]  # scikit-image's own; others need their packages
     crops = images.photo_crops(4, size=64, seed=3, split="eval")
     assert [c.shape for c in crops] == [(64, 64, 3)] * 4 and crops[0].dtype == np.uint8
     again = images.photo_crops(2, size=64, seed=3, split="eval")

@@ -9,7 +9,13 @@ when they are already in its data directory and skipped otherwise.
 Calibration and evaluation inputs come from *disjoint sets of source
 photographs* (:data:`PHOTO_SPLITS`), so no calibration crop can overlap an
 evaluation crop. ``motorcycle_right`` (a near-duplicate of the left stereo
-view), binary, synthetic and tiny images are left out.
+view), binary, synthetic and tiny images are left out of those two.
+
+A third split, ``holdout``, is a second evaluation set from other sources:
+the sample photographs shipped with scikit-learn (``china``, ``flower``) and
+matplotlib (``grace_hopper``, a present), plus scikit-image's remaining colour
+images. Results tuned on ``eval`` can be checked on it; photographs of a
+package that is not installed are skipped.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from PIL import Image
 
 logger = logging.getLogger(__name__)
 
-#: Source photographs per split: ``name -> file name`` in skimage's data dir.
+#: Source photographs per split: ``name -> file name`` in skimage's data dir,
+#: or ``"package:path"`` inside another installed package.
 #: Each split mixes objects, textures, scientific and greyscale images.
 PHOTO_SPLITS: dict[str, dict[str, str]] = {
     "calib": {
@@ -52,9 +59,19 @@ PHOTO_SPLITS: dict[str, dict[str, str]] = {
         "cell": "cell.png",
         "eagle": "eagle.png",  # optional (pooch download)
     },
+    "holdout": {
+        "china": "sklearn:datasets/images/china.jpg",
+        "flower": "sklearn:datasets/images/flower.jpg",
+        "grace_hopper": "matplotlib:mpl-data/sample_data/grace_hopper.jpg",
+        "present": "matplotlib:mpl-data/sample_data/Minduka_Present_Blue_Pack.png",
+        "horse": "horse.png",
+        "logo": "logo.png",
+        "color": "color.png",
+        "microaneurysms": "microaneurysms.png",
+    },
 }
 
-SPLITS = ("calib", "eval")
+SPLITS = ("calib", "eval", "holdout")
 
 
 @dataclass(frozen=True)
@@ -93,6 +110,20 @@ def _data_dirs() -> list[Path]:
     return list(dict.fromkeys(d.resolve() for d in dirs))
 
 
+def _locate(filename: str, dirs: list[Path]) -> Path | None:
+    """Where ``filename`` (see :data:`PHOTO_SPLITS`) is, or None if not available offline."""
+    if ":" in filename:
+        import importlib.util
+
+        package, relative = filename.split(":", 1)
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        dirs = [Path(d) for d in spec.submodule_search_locations]
+        filename = relative
+    return next((d / filename for d in dirs if (d / filename).is_file()), None)
+
+
 def _load_rgb(path: Path) -> np.ndarray:
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
@@ -106,7 +137,7 @@ def _photos(split: str) -> tuple[tuple[str, np.ndarray], ...]:
     dirs = _data_dirs()
     photos = []
     for name, filename in PHOTO_SPLITS[split].items():
-        path = next((d / filename for d in dirs if (d / filename).is_file()), None)
+        path = _locate(filename, dirs)
         if path is None:
             logger.debug("photo %s (%s) not available offline; skipped", name, filename)
             continue
@@ -123,7 +154,7 @@ def photo_names(split: str) -> list[str]:
     """Returns the names of the source photographs available for ``split``.
 
     Args:
-        split: ``"calib"`` or ``"eval"``.
+        split: ``"calib"``, ``"eval"`` or ``"holdout"``.
 
     Returns:
         Photograph names, in the order crops cycle through them.
@@ -146,7 +177,7 @@ def photo_crops(
         n: Number of crops.
         size: Output side length in pixels.
         seed: Random seed.
-        split: ``"calib"`` or ``"eval"``; the two use disjoint photographs.
+        split: ``"calib"``, ``"eval"`` or ``"holdout"``; they use disjoint photographs.
 
     Returns:
         ``n`` uint8 arrays of shape ``(size, size, 3)``, RGB.
