@@ -1,5 +1,20 @@
-"""``python -m onnxcomp`` runs the command line."""
+"""``python -m onnxcomp`` and the ``onnxcomp`` script: the command line.
 
-from onnxcomp.cli import entry
+:func:`entry` imports the command line inside a guard, so Ctrl-C while numpy, onnx and
+onnxruntime load gives the same one line and exit code 130 as later on.
+"""
 
-entry()
+import sys
+
+
+def entry() -> None:
+    try:
+        from onnxcomp.cli import main
+    except KeyboardInterrupt:
+        sys.stderr.write("onnxcomp: error: interrupted; nothing was written\n")
+        sys.exit(130)
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -347,8 +347,3 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def entry() -> None:
-    sys.exit(main())
-

@@ -86,3 +86,24 @@ def test_sigint_is_reported_like_sigterm(tmp_path):
     assert process.returncode == 130
     assert stderr.strip().splitlines() == ["onnxcomp: error: interrupted; nothing was written"]
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_ctrl_c_while_the_libraries_load_is_one_line():
+    # Ctrl-C arriving while onnxruntime imports (the first second of every run), made deterministic
+    # by an import hook that raises KeyboardInterrupt there.
+    script = """
+import sys
+class CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == "onnxruntime":
+            raise KeyboardInterrupt
+sys.meta_path.insert(0, CtrlC())
+import onnxcomp
+assert "onnx" not in sys.modules and "numpy" not in sys.modules, "import onnxcomp must stay light"
+from onnxcomp.__main__ import entry
+sys.argv = ["onnxcomp", "inspect", "missing.onnx"]
+entry()
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr.strip().splitlines() == ["onnxcomp: error: interrupted; nothing was written"]
