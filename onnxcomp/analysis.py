@@ -108,17 +108,45 @@ def _tensor_bytes(tensor: onnx.TensorProto) -> int:
     return _tensor_elements(tensor) * itemsize
 
 
+#: Inputs holding quantization parameters (scales, zero points), by op type.
+QUANT_PARAM_INPUTS: Mapping[str, tuple[int, ...]] = {
+    "QuantizeLinear": (1, 2),
+    "DequantizeLinear": (1, 2),
+    "MatMulNBits": (2, 3),
+    "GatherBlockQuantized": (2, 3),
+    "DynamicQuantizeMatMul": (2, 3),
+    "MatMulInteger": (2, 3),
+    "ConvInteger": (2, 3),
+    "QLinearConv": (1, 2, 4, 5, 6, 7),
+    "QLinearMatMul": (1, 2, 4, 5, 6, 7),
+}
+
+
+def quantization_parameters(model: onnx.ModelProto) -> set[str]:
+    """Names of the main graph's tensors used only as scales or zero points."""
+    quant, other = set(), set()
+    for node in model.graph.node:
+        slots = QUANT_PARAM_INPUTS.get(node.op_type, ())
+        for index, name in enumerate(node.input):
+            (quant if index in slots else other).add(name)
+    return quant - other
+
+
 def count_params(model: onnx.ModelProto) -> tuple[int, int]:
-    """(parameter count, their bytes) over stored weight-like tensors.
+    """(parameter count, bytes of every stored weight-like tensor).
 
     int64 tensors (shapes, indices, axes) are not parameters; int32 ones are
-    (quantized biases).
+    (quantized biases). Scales and zero points of quantized weights and
+    activations are stored bytes but not parameters: an int8 model has as
+    many parameters as its float original.
     """
+    skip = quantization_parameters(model)
     params = 0
     weight_bytes = 0
     for tensor in iter_tensors(model):
         if tensor.data_type in PARAM_DTYPES:
-            params += _tensor_elements(tensor)
+            if tensor.name not in skip:
+                params += _tensor_elements(tensor)
             weight_bytes += _tensor_bytes(tensor)
     return params, weight_bytes
 

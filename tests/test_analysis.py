@@ -31,6 +31,26 @@ def test_params_exclude_int64_and_count_all_weights():
     assert stats.weight_bytes == stats.params * 4
 
 
+def test_scales_and_zero_points_are_not_parameters():
+    rng = np.random.default_rng(1)
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=1),
+        helper.make_node("MatMul", ["xd", "w"], ["m"]),
+        helper.make_node("Add", ["m", "ws"], ["y"]),  # a scale also used as data stays a parameter
+    ]
+    inits = [
+        tensor("xs", np.float32(0.02)), tensor("xz", np.int8(0)),
+        tensor("wq", rng.integers(-127, 127, (4, 8)).astype(np.int8)),
+        tensor("ws", np.full(8, 0.01, np.float32)), tensor("wz", np.zeros(8, np.int8)),
+    ]  # fmt: skip
+    model = builders.model(nodes, [value("x", [1, 4])], [value("y", [1, 8])], inits)
+    stats = model_stats(model)
+    assert stats.params == 4 * 8 + 8
+    assert stats.weight_bytes == 4 + 1 + 32 + 32 + 8
+
+
 def test_conv_transpose_grouped_conv_and_batched_matmul():
     rng = np.random.default_rng(0)
     nodes = [
