@@ -14,12 +14,13 @@ Sections (all in one run by default):
   matplotlib's and the rest of scikit-image's), the "seen" columns on new crops
   of the *calibration* photographs (calibration data representative of
   deployment, as a user's own data would be); MACs and parameters; batch-1
-  latency measured interleaved in one process. Rows: onnxcomp's ``--prune R --calib`` default
-  (contribution criterion, sensitivity allocation, least-squares reconstruction)
-  for R = 10..50 %, magnitude-only (``--prune R`` without data: L2, uniform, no
-  reconstruction), the default at 30 % without activation shrinkage (the
-  contribution criterion trusting calibration activations fully),
-  activation-based at 30 % (mean |activation|, no reconstruction), and the anchor: Torch-Pruning's MetaPruner on the same
+  latency measured interleaved in one process. Rows: onnxcomp's ``--prune R
+  --calib`` default (contribution criterion, sensitivity allocation,
+  least-squares reconstruction) for R = 10..50 %, magnitude-only (``--prune R``
+  without data: L2, uniform, no reconstruction), the default at 30 % without
+  activation shrinkage (the contribution criterion trusting calibration
+  activations fully), activation-based at 30 % (mean |activation|, no
+  reconstruction), and the anchor: Torch-Pruning's MetaPruner on the same
   PyTorch model (group L2 magnitude, 30 % per layer, channels rounded to 16 like
   onnxcomp, no fine-tuning), exported and cleaned the same way.
 * ``ocr`` — PP-OCRv5 det/rec/cls at 30 % on rendered text: validity (ONNX

@@ -6,12 +6,14 @@ onnxruntime load gives the same one line and exit code 130 as later on.
 
 import sys
 
+from onnxcomp.errors import INTERRUPTED
+
 
 def entry() -> None:
     try:
         from onnxcomp.cli import main
     except KeyboardInterrupt:
-        sys.stderr.write("onnxcomp: error: interrupted; nothing was written\n")
+        sys.stderr.write(f"onnxcomp: error: {INTERRUPTED}\n")
         sys.exit(130)
     sys.exit(main())
 

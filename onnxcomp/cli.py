@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import Interrupted, OnnxcompError, UsageError
+from .errors import INTERRUPTED, Interrupted, OnnxcompError, UsageError
 
 logger = logging.getLogger("onnxcomp")
 
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except click.exceptions.Abort as exc:  # click turns KeyboardInterrupt into Abort
         cause = exc.__context__
-        reason = str(cause) if isinstance(cause, Interrupted) else "interrupted; nothing was written"
+        reason = str(cause) if isinstance(cause, Interrupted) else INTERRUPTED
         click.echo(f"onnxcomp: error: {reason}", err=True)
         return 130
     except click.UsageError as exc:
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"onnxcomp: error: {_one_line(str(exc))}", err=True)
         return exc.exit_code
     except KeyboardInterrupt as exc:
-        reason = str(exc) if isinstance(exc, Interrupted) else "interrupted; nothing was written"
+        reason = str(exc) if isinstance(exc, Interrupted) else INTERRUPTED
         click.echo(f"onnxcomp: error: {reason}", err=True)
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback

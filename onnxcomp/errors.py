@@ -64,6 +64,10 @@ class VerificationError(OnnxcompError):
     exit_code = 3
 
 
+#: What the CLI says when a run is interrupted before writing anything.
+INTERRUPTED = "interrupted; nothing was written"
+
+
 class Interrupted(KeyboardInterrupt):
     """SIGTERM, delivered like Ctrl-C so no ``except Exception`` swallows it.
 

@@ -19,7 +19,7 @@ from ..cli import (
     _verbosity,
     optimize,
 )
-from ..errors import Interrupted, UsageError
+from ..errors import INTERRUPTED, Interrupted, UsageError
 
 
 @click.group("distill")
@@ -96,7 +96,7 @@ def _interrupted(out: Path) -> str:
     from .shards import SHARDS_DIR
 
     if not (out / MANIFEST_NAME).exists():
-        return "interrupted; nothing was written"
+        return INTERRUPTED
     shards = out / SHARDS_DIR
     kept = sum(1 for p in shards.iterdir() if p.is_dir()) if shards.is_dir() else 0
     return f"interrupted; {kept} finished shard(s) kept in {out}, nothing half-written; run the same command again to resume"

@@ -57,6 +57,7 @@ class Criterion(enum.Enum):
 
     @property
     def uses_contribution(self) -> bool:
+        """Ranks by ``contribution`` (``obs`` where its greedy search does not reach)."""
         return self in (Criterion.CONTRIBUTION, Criterion.OBS)
 
     @property
@@ -85,7 +86,7 @@ def unit_scores(
     elif criterion is Criterion.BN_SCALE:
         per_channel = bn_scale(deps)
     else:
-        base = Criterion.CONTRIBUTION if criterion is Criterion.OBS else criterion
+        base = Criterion.CONTRIBUTION if criterion.uses_contribution else criterion
         per_channel = activation_scores(base, deps, stats or {}, shrinkage=shrinkage)
     fallback_scores = None
     scores: dict[int, float] = {}
