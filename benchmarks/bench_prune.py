@@ -1,6 +1,6 @@
 """Structured pruning and sparsity on real models, side by side with Torch-Pruning.
 
-Run:  python -m benchmarks.bench_prune [--sections cnn,ocr,text,sparse] [--calib N] [--eval N]
+Run:  python -m benchmarks.bench_prune [--sections cnn,folds,ocr,text,sparse] [--calib N] [--eval N]
       [--ratios 0.1,0.2,0.3,0.4,0.5] [--json PATH]
 
 Sections (all in one run by default):
@@ -23,6 +23,11 @@ Sections (all in one run by default):
   reconstruction), and the anchor: Torch-Pruning's MetaPruner on the same
   PyTorch model (group L2 magnitude, 30 % per layer, channels rounded to 16 like
   onnxcomp, no fine-tuning), exported and cleaned the same way.
+* ``folds`` — the same model at 30 %, cross-validated by photograph: the
+  photographs of all three sets are dealt into three folds; each fold's
+  photographs are held out while the others' calibrate (wider content than the
+  nine calibration photographs, no photograph on both sides). Agreement and KL
+  pooled over the folds, for the default and without activation shrinkage.
 * ``ocr`` — PP-OCRv5 det/rec/cls at 30 % on rendered text: validity (ONNX
   checker, onnxruntime at every optimization level), frozen groups, MACs,
   parameters, latency, and task accuracy against the unpruned model.
@@ -221,6 +226,59 @@ def print_cnn(result: dict) -> None:
     print(_table(header, rows))
 
 
+FOLDS = 3
+FOLD_CONFIGS = {"onnxcomp --prune 0.3 --calib": {}, "activation_shrinkage 0": {"activation_shrinkage": 0.0}}
+
+
+def folds_section(args, workdir: Path) -> dict:
+    """30 % pruning cross-validated by photograph (see the module docstring)."""
+    spec = assets.EFFICIENTNET_LITE1_PREPROCESS
+    per_fold = max(args.eval * 3 // (2 * FOLDS), 1)  # 100 crops per fold at the default --eval 200
+    base = None
+    same: dict[str, list[np.ndarray]] = {name: [] for name in FOLD_CONFIGS}
+    kls: dict[str, list[np.ndarray]] = {name: [] for name in FOLD_CONFIGS}
+    folds = []
+    for fold, (calib_names, held) in enumerate(assets.photo_folds(FOLDS)):
+        calib_x = assets.preprocess(assets.photo_crops(args.calib, spec.size, seed=10 + fold, photos=calib_names), spec)
+        eval_x = assets.preprocess(assets.photo_crops(per_fold, spec.size, seed=20 + fold, photos=held), spec)
+        feed = {"input": eval_x[:1]}
+        base = base if base is not None else _cleaned(assets.efficientnet_lite1_onnx(), feed)
+        p = _softmax(_logits(base, eval_x).astype(np.float64))
+        confident = p.max(axis=1) >= CONFIDENT
+        record = {"held_out": held, "confident": int(confident.sum()), "top1_confident": {}}
+        for name, options in FOLD_CONFIGS.items():
+            model = _prune(base, {"ratio": 0.3, **options}, feed, [{"input": x[None]} for x in calib_x])[0]
+            q = _softmax(_logits(model, eval_x).astype(np.float64))
+            agree = (p.argmax(axis=1) == q.argmax(axis=1))[confident]
+            same[name].append(agree)
+            kls[name].append(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1))
+            record["top1_confident"][name] = float(agree.mean())
+        folds.append(record)
+    pooled = {
+        name: {"top1_confident": float(np.concatenate(same[name]).mean()), "kl": float(np.concatenate(kls[name]).mean())}
+        for name in FOLD_CONFIGS
+    }
+    return {"calib": args.calib, "per_fold": per_fold, "folds": folds, "pooled": pooled}
+
+
+def print_folds(result: dict) -> None:
+    confident = sum(f["confident"] for f in result["folds"])
+    print(
+        f"\n## EfficientNet-Lite1 at 30 %, cross-validated by photograph: {len(result['folds'])} folds, "
+        f"{result['calib']} calibration crops of the other folds' photographs, {result['per_fold']} crops of the "
+        f"held-out ones ({confident} confident in all)"
+    )
+    for k, fold in enumerate(result["folds"]):
+        print(f"fold {k}: held out {', '.join(fold['held_out'])} ({fold['confident']} confident)")
+    header = ["model", "top-1 @ conf (pooled)", "KL (pooled)"] + [f"fold {k}" for k in range(len(result["folds"]))]
+    rows = [
+        [name, f"{r['top1_confident']:.3f}", f"{r['kl']:.3f}"]
+        + [f"{fold['top1_confident'][name]:.3f}" for fold in result["folds"]]
+        for name, r in result["pooled"].items()
+    ]
+    print(_table(header, rows))
+
+
 # -- PP-OCRv5 -----------------------------------------------------------------------------------
 
 
@@ -378,6 +436,7 @@ def print_sparse(rows: list[dict]) -> None:
 
 SECTIONS = {
     "cnn": (cnn_section, print_cnn),
+    "folds": (folds_section, print_folds),
     "ocr": (ocr_section, print_ocr),
     "text": (text_section, print_text),
     "sparse": (sparse_section, print_sparse),

@@ -107,6 +107,26 @@ def test_photo_crops_deterministic_and_splits_disjoint():
     assert x.shape == (4, 3, 64, 64) and x.dtype == np.float32 and np.abs(x).max() <= 1.0
 
 
+def test_photo_folds_partition_the_pool_and_feed_photo_crops():
+    from benchmarks.assets import images
+
+    pool = [name for split in images.SPLITS for name in images.photo_names(split)]
+    folds = images.photo_folds(3)
+    held_out = [name for _, held in folds for name in held]
+    assert sorted(held_out) == sorted(pool)  # every photograph held out exactly once
+    for calib, held in folds:
+        assert not set(calib) & set(held) and sorted(calib + held) == sorted(pool)
+    calib, held = folds[0]
+    crops = images.photo_crops(len(calib), size=32, seed=5, photos=calib)
+    by_split = images.photo_crops(len(calib), size=32, seed=5, split="calib")
+    assert len(crops) == len(calib) and not np.array_equal(crops[0], by_split[0])  # own random stream
+    assert all(np.array_equal(a, b) for a, b in zip(crops, images.photo_crops(3, size=32, seed=5, photos=calib)))
+    with pytest.raises(ValueError, match="not available"):
+        images.photo_crops(1, size=32, photos=["no_such_photo"])
+    with pytest.raises(ValueError, match="k must be"):
+        images.photo_folds(1)
+
+
 def test_ppocr_rec_reads_rendered_lines():
     ort = pytest.importorskip("onnxruntime")
     from benchmarks.assets import models

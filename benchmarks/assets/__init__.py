@@ -7,7 +7,7 @@ licences and the cache location.
 """
 
 from .cache import atomic_path, cache_dir, cached
-from .images import ImagePreprocess, center_crop, photo_crops, photo_names, preprocess
+from .images import ImagePreprocess, center_crop, photo_crops, photo_folds, photo_names, preprocess
 from .models import (
     EFFICIENTNET_LITE1_PREPROCESS,
     efficientnet_lite1_onnx,
@@ -54,6 +54,7 @@ __all__ = [
     "model_info",
     "ocr_fonts",
     "photo_crops",
+    "photo_folds",
     "photo_names",
     "ppocr_dictionary",
     "ppocr_model",

@@ -16,6 +16,11 @@ the sample photographs shipped with scikit-learn (``china``, ``flower``) and
 matplotlib (``grace_hopper``, a present), plus scikit-image's remaining colour
 images. Results tuned on ``eval`` can be checked on it; photographs of a
 package that is not installed are skipped.
+
+:func:`photo_folds` pools the photographs of all three splits and deals them
+into folds for cross-validation by photograph: calibrate on the other folds'
+photographs, evaluate on the held-out fold's, so calibration covers a wider
+mix of content while no photograph is on both sides.
 """
 
 from __future__ import annotations
@@ -162,8 +167,30 @@ def photo_names(split: str) -> list[str]:
     return [name for name, _ in _photos(split)]
 
 
+def photo_folds(k: int) -> list[tuple[list[str], list[str]]]:
+    """Deals the photographs of every split into ``k`` folds, for cross-validation by photograph.
+
+    Photograph ``j`` of the pool (calib, then eval, then holdout, in
+    :data:`PHOTO_SPLITS` order) goes to fold ``j % k``, so each fold mixes
+    photographs of all three splits.
+
+    Args:
+        k: Number of folds, at least 2.
+
+    Returns:
+        Per fold, ``(calibration names, held-out names)``: disjoint, together the whole pool.
+    """
+    if k < 2:
+        raise ValueError(f"k must be >= 2, got {k}")
+    pool = [name for split in SPLITS for name in photo_names(split)]
+    return [
+        ([n for j, n in enumerate(pool) if j % k != fold], [n for j, n in enumerate(pool) if j % k == fold])
+        for fold in range(k)
+    ]
+
+
 def photo_crops(
-    n: int, size: int = 224, seed: int = 0, split: str = "calib"
+    n: int, size: int = 224, seed: int = 0, split: str = "calib", photos: Sequence[str] | None = None
 ) -> list[np.ndarray]:
     """Returns random square crops of real photographs.
 
@@ -178,15 +205,28 @@ def photo_crops(
         size: Output side length in pixels.
         seed: Random seed.
         split: ``"calib"``, ``"eval"`` or ``"holdout"``; they use disjoint photographs.
+        photos: Instead of a split, these photographs by name, from any split
+            (e.g. one side of a :func:`photo_folds` fold); crops draw from
+            their own random stream.
 
     Returns:
         ``n`` uint8 arrays of shape ``(size, size, 3)``, RGB.
+
+    Raises:
+        ValueError: An unknown split, or a name in ``photos`` that is not available.
     """
-    photos = _photos(split)
+    if photos is None:
+        chosen, stream = _photos(split), SPLITS.index(split)
+    else:
+        pool = dict(p for s in SPLITS for p in _photos(s))
+        unknown = [name for name in photos if name not in pool]
+        if unknown or not photos:
+            raise ValueError(f"photographs not available: {unknown or 'none given'}")
+        chosen, stream = tuple((name, pool[name]) for name in photos), len(SPLITS)
     crops = []
     for i in range(n):
-        name, img = photos[i % len(photos)]
-        rng = np.random.default_rng([seed, SPLITS.index(split), i])
+        name, img = chosen[i % len(chosen)]
+        rng = np.random.default_rng([seed, stream, i])
         h, w = img.shape[:2]
         side = rng.uniform(0.35, 1.0) * min(h, w)
         left = rng.uniform(0.0, w - side)
