@@ -16,7 +16,9 @@ Sections (all in one run by default):
   deployment, as a user's own data would be); MACs and parameters; batch-1
   latency measured interleaved in one process. Rows: onnxcomp's ``--prune R
   --calib`` default (contribution criterion, sensitivity allocation,
-  least-squares reconstruction) for R = 10..50 %, magnitude-only (``--prune R``
+  least-squares reconstruction) for R = 10..50 %, the default with
+  ``target_latency: 0.75`` (the ratio searched on this machine, allocated per
+  MAC saved), magnitude-only (``--prune R``
   without data: L2, uniform, no reconstruction), the default at 30 % without
   activation shrinkage (the contribution criterion trusting calibration
   activations fully), activation-based at 30 % (mean |activation|, no
@@ -172,6 +174,9 @@ def cnn_section(args, workdir: Path) -> dict:
         runs[f"onnxcomp --prune {ratio:.1f} (magnitude only)"] = _prune(base, {"ratio": ratio}, feed)
     runs["onnxcomp 0.3 --calib, activation_shrinkage 0"] = _prune(
         base, {"ratio": 0.3, "activation_shrinkage": 0.0}, feed, calib
+    )
+    runs["onnxcomp --calib, target_latency 0.75"] = _prune(
+        base, {"target_latency": 0.75, "sensitivity_from": str(curves)}, feed, calib
     )
     runs["onnxcomp 0.3 --calib, no reconstruction"] = _prune(
         base, {"ratio": 0.3, "reconstruction": "none", "sensitivity_from": str(curves)}, feed, calib

@@ -207,6 +207,32 @@ def test_sensitivity_allocation_prunes_the_insensitive_group_more():
     assert step.summary["units_removed"] >= 0.4 * 64
 
 
+def test_compute_budget_is_allocated_per_mac_a_channel_ratio_per_channel():
+    from onnxcomp.pruning.allocate import Allocator
+    from onnxcomp.pruning.config import PruneChannelsConfig
+    from onnxcomp.pruning.groups import Group
+    from onnxcomp.pruning.sensitivity import Curve
+
+    groups = [Group(i, f"g{i}", [f"g{i}"], [], 16, list(range(16 * i, 16 * i + 16)), {}, 0, []) for i in range(2)]
+    config = PruneChannelsConfig(round_to=1)
+    # g0 costs half the deviation per channel; a g1 channel carries 8x the MACs of a g0 channel.
+    curves = {0: Curve((0.25, 0.5), (0.01, 0.02)), 1: Curve((0.25, 0.5), (0.02, 0.04))}
+    by_channel = Allocator(groups, {}, config, curves=curves).ratios(0.25)
+    per_mac = Allocator(groups, {}, config, curves=curves, unit_costs={0: 1.0, 1: 8.0}).ratios(0.25)
+    assert by_channel == {0: 0.5, 1: 0.0}  # 8 of 32 channels, all from the less sensitive group
+    assert per_mac == {0: 0.0, 1: 0.5}  # 4x the deviation for 8x the MACs
+
+
+def test_target_macs_with_sensitivity_reports_the_per_mac_allocation():
+    m = conv_net(seed=22)
+    feed = samples(1, seed=23)[0]
+    out, step, artifacts = prune(m, dataset(samples(16, seed=24)), target_macs=0.6, reconstruction="none")
+    assert step.summary["allocation"] == "sensitivity" and step.summary["allocation_cost"] == "macs"
+    assert model_stats(out, sample=feed).macs <= 0.6 * model_stats(m, sample=feed).macs
+    _, plain, _ = prune(m, dataset(samples(16, seed=24)), ratio=0.3, reconstruction="none")
+    assert "allocation_cost" not in plain.summary
+
+
 def test_plan_round_trips_and_reapplies(tmp_path):
     m = conv_net(seed=14)
     data = dataset(samples(8, seed=15))

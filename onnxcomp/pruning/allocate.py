@@ -7,6 +7,9 @@ with the level:
 * uniform, global scope: the globally least important ``level`` of all units;
 * sensitivity: ``level`` of all free units are removed where the measured
   output deviation per removed unit is lowest (insensitive groups lose more).
+  Given ``unit_costs`` (what one unit of each group costs, e.g. its MACs),
+  the order is deviation per cost saved instead: the right trade when the
+  budget is compute rather than a channel count.
 
 Groups matched by ``layer_ratios`` keep their given ratio; ``skip`` ones get 0.
 A MAC or latency target is met by bisection on the level.
@@ -36,11 +39,13 @@ class Allocator:
         config: PruneChannelsConfig,
         *,
         curves: Mapping[int, Curve] | None = None,  # given: allocate by sensitivity
+        unit_costs: Mapping[int, float] | None = None,  # given: sensitivity per cost, not per unit
     ):
         self.groups = list(groups)
         self.scores = scores
         self.config = config
         self.curves = dict(curves or {})
+        self.unit_costs = dict(unit_costs or {})
         eligible = set(eligible_groups(groups, config.skip))
         self.fixed: dict[int, float] = {}
         self.free: dict[int, float] = {}
@@ -97,8 +102,12 @@ class Allocator:
         their lower convex hull from (0, 0); hull segments of all groups are
         taken cheapest deviation-per-unit first until enough units are removed
         (optimal when deviations add up and each group's curve is convex).
+        With unit costs, deviation per unit is divided by the unit's cost
+        relative to the mean, so the removed cost grows fastest for the
+        deviation; the level still counts units, and a target search moves it.
         """
         budget = level * sum(self._sizes[i] for i in self.free)
+        mean_cost = sum(self.unit_costs.values()) / len(self.unit_costs) if self.unit_costs else 1.0
         segments = []
         for index, cap in self.free.items():
             curve = self.curves.get(index)
@@ -109,8 +118,9 @@ class Allocator:
                 (r * units, d) for r, d in zip(curve.ratios, curve.deviations) if r <= cap + 1e-9
             ]
             hull = _lower_hull(points)
+            weight = max(self.unit_costs.get(index, mean_cost), 1e-12) / max(mean_cost, 1e-12)
             for (u0, d0), (u1, d1) in itertools.pairwise(hull):
-                segments.append(((d1 - d0) / (u1 - u0), index, u0, u1))
+                segments.append(((d1 - d0) / (u1 - u0) / weight, index, u0, u1))
         segments.sort(key=lambda s: s[0])
         removed = dict.fromkeys(self.free, 0.0)
         taken, last = 0.0, None

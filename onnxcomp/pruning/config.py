@@ -61,9 +61,12 @@ class PruneChannelsConfig(PassConfig):
         min_channels: Keep at least this many units per group.
         max_ratio: Never remove more than this fraction of a group.
         target_macs: If set, prune until at most this fraction of the MACs
-            remains (searches the ratio; ``ratio`` is ignored).
+            remains (searches the ratio; ``ratio`` is ignored). The
+            sensitivity allocation then orders groups by deviation per MAC
+            saved, not per channel removed.
         target_latency: If set, prune until the measured batch-1 latency is at
-            most this fraction of the unpruned model's (searches the ratio).
+            most this fraction of the unpruned model's (searches the ratio;
+            allocated per MAC like ``target_macs``).
         reconstruction: See :class:`Reconstruction`.
         activation_shrinkage: How far the ``contribution`` criterion shrinks
             each channel's measured mean activation towards its layer's mean

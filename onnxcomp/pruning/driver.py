@@ -165,7 +165,11 @@ def _choose(setup: _Setup, config: PruneChannelsConfig, ctx: PassContext, scores
         extra["sensitivity"] = {
             groups[i].name: dict(zip(map(str, c.ratios), map(float, c.deviations))) for i, c in curves.items()
         }
-    allocator = Allocator(groups, scores, config, curves=curves)  # curves only with sensitivity
+    compute_budget = config.target_macs is not None or config.target_latency is not None
+    base = layer_macs(setup.original, setup.feed) if compute_budget else {}
+    # A compute budget is best spent where deviation per MAC saved is lowest (a channel ratio: per channel).
+    costs = _macs_per_unit(deps, groups, base, allocator.sensitivity_groups) if curves and compute_budget else None
+    allocator = Allocator(groups, scores, config, curves=curves, unit_costs=costs)  # curves only with sensitivity
     protected = protected_sets(deps)
 
     def choose(level: float) -> set[int]:
@@ -176,7 +180,6 @@ def _choose(setup: _Setup, config: PruneChannelsConfig, ctx: PassContext, scores
 
     level = config.ratio
     if config.target_macs is not None:
-        base = layer_macs(setup.original, setup.feed)
         total = max(sum(base.values()), 1)
         level = search_level(
             lambda lv: estimate_macs(deps, removal_of(deps, choose(lv)), base) / total,
@@ -189,6 +192,16 @@ def _choose(setup: _Setup, config: PruneChannelsConfig, ctx: PassContext, scores
             config.target_latency, high=config.max_ratio, steps=6,
         )  # fmt: skip
     return choose(level), level
+
+
+def _macs_per_unit(deps: Dependencies, groups: list[Group], base: dict[str, int], indices) -> dict[int, float]:
+    """MACs one unit of each group carries (removing its first unit alone), for allocating a compute budget."""
+    total = sum(base.values())
+    return {
+        index: float(max(total - estimate_macs(deps, removal_of(deps, {groups[index].units[0]}), base), 1))
+        for index in indices
+        if groups[index].units
+    }
 
 
 def _latency_ratio(setup: _Setup, removal: Removal) -> float:
@@ -230,6 +243,8 @@ def _summary(setup: _Setup, config, removed: set[int], level: float | None, fell
     }
     if level is not None and (config.target_macs is not None or config.target_latency is not None):
         summary["ratio_found"] = round(float(level), 4)
+        if setup.allocation is Allocation.SENSITIVITY:
+            summary["allocation_cost"] = "macs"  # see _choose: deviation per MAC, not per channel
     if fell_back:
         summary["groups_scored_by_l2"] = len(fell_back)
     return summary
