@@ -50,12 +50,15 @@ def session_options(
     *,
     intra_op_threads: int | None = None,
     optimized_model_path: str | None = None,
+    spinning: bool = True,
 ) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = level.ort_level
     options.log_severity_level = 4  # onnxcomp reports failures itself, in one line
     if intra_op_threads:
         options.intra_op_num_threads = intra_op_threads
+    if not spinning:  # idle worker threads sleep instead of busy-waiting for the next run
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimized_model_path:
         options.optimized_model_filepath = optimized_model_path
     return options
@@ -68,14 +71,18 @@ def create_session(
     intra_op_threads: int | None = None,
     providers: Sequence[str] = DEFAULT_PROVIDERS,
     optimized_model_path: str | None = None,
+    spinning: bool = True,
 ) -> ort.InferenceSession:
     """An inference session for ``model``.
+
+    ``spinning=False`` makes idle intra-op threads sleep rather than spin
+    (see :func:`onnxcomp.latency.measure_latency` for why timing needs it).
 
     Raises:
         InputError: onnxruntime refuses the model (one line, original chained).
     """
     options = session_options(
-        level, intra_op_threads=intra_op_threads, optimized_model_path=optimized_model_path
+        level, intra_op_threads=intra_op_threads, optimized_model_path=optimized_model_path, spinning=spinning
     )
     with _loadable(model) as source:
         try:

@@ -291,6 +291,26 @@ def test_level_search_finds_the_smallest_level_meeting_a_target():
     assert search_level(lambda lv: 1.0 - 0.1 * lv, 0.5, high=0.9) == 0.9  # out of reach: the highest level
 
 
+def test_latency_slope_is_fitted_through_no_pruning():
+    from onnxcomp.pruning.latency_target import LatencyFit, fit_slope
+
+    line = [(m, 1 - 0.8 * (1 - m)) for m in (0.9, 0.8, 0.7)]
+    noisy = [(m, r + e) for (m, r), e in zip(line, (0.02, -0.02, 0.0))]
+    assert fit_slope(line) == pytest.approx(0.8)
+    assert fit_slope(noisy) == pytest.approx(0.8, abs=0.05)
+    assert fit_slope([(1.0, 0.9)]) == 1.0  # nothing removed: no trend to fit
+    assert fit_slope([(0.9, 1.5)]) == 0.2  # slower after pruning: noise, clipped
+    assert LatencyFit(0.8, line).macs_for(0.76) == pytest.approx(0.7)
+
+
+def test_latency_target_fits_interleaved_measurements():
+    _, step, artifacts = prune(conv_net(seed=25), dataset(samples(8, seed=26)), target_latency=0.8, reconstruction="none")
+    model = artifacts["latency_model"]
+    assert len(model["measured"]) >= 3 and 0.2 <= model["slope"] <= 2.0
+    assert all(0.0 < point["macs"] < 1.0 and point["latency"] > 0.0 for point in model["measured"])
+    assert 0.0 < step.summary["ratio_found"] <= 0.9 and step.summary["allocation_cost"] == "macs"
+
+
 def test_latency_target_already_met_prunes_nothing():
     _, step, _ = prune(conv_net(seed=21), ratio=0.3, target_latency=1.0)
     assert not step.modified and step.summary["ratio_found"] == 0.0

@@ -78,3 +78,16 @@ def test_sequential_comparison_matches_side_by_side():
 def test_latency_one_model_at_a_time():
     stats = measure_latency({"a": _scaled(1.0), "b": _scaled(2.0)}, {"x": np.ones((1, 4), np.float32)}, min_runs=3, max_runs=3, interleaved=False)
     assert stats["a"].runs == stats["b"].runs == 3
+
+
+def test_latency_sessions_do_not_spin(monkeypatch):
+    # Spinning idle threads of one interleaved session take cores from the next (see measure_latency).
+    import onnxcomp.latency as latency
+    from onnxcomp.runtime import session_options
+
+    seen = []
+    real = latency.create_session
+    monkeypatch.setattr(latency, "create_session", lambda *a, **k: seen.append(k.get("spinning")) or real(*a, **k))
+    latency.measure_latency({"a": _scaled(1.0), "b": _scaled(2.0)}, {"x": np.ones((1, 4), np.float32)}, min_runs=2, max_runs=2)
+    assert seen == [False, False]
+    assert session_options(spinning=False).get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -20,8 +20,6 @@ import onnx_graphsurgeon as gs
 from ..context import PassContext
 from ..data import Dataset, Feed, ValidatedDataset, input_specs
 from ..errors import UsageError
-from ..ir import export_model, import_graph
-from ..latency import measure_latency
 from ..pass_base import PassResult
 from ..probe import probe_feed
 from ..shapes import clear_intermediate_shapes
@@ -30,8 +28,8 @@ from .analysis import Dependencies, analyze
 from .config import Allocation, PruneChannelsConfig, Reconstruction
 from .criteria import Criterion, unit_scores
 from .groups import Group, build_groups, protected_sets, removal_of
+from .latency_target import level_for_latency
 from .macs import estimate_macs, layer_macs
-from .members import Removal
 from .obs import collect_layer_stats, compensated_arrays, obs_ranking
 from .plan import build_plan, load_plan, removed_units
 from .reconstruct import compensate_bias, find_sinks, refit_layers
@@ -179,18 +177,20 @@ def _choose(setup: _Setup, config: PruneChannelsConfig, ctx: PassContext, scores
         )
 
     level = config.ratio
+    total = max(sum(base.values()), 1)
+
+    def macs_at(lv: float) -> float:
+        return estimate_macs(deps, removal_of(deps, choose(lv)), base) / total
+
     if config.target_macs is not None:
-        total = max(sum(base.values()), 1)
-        level = search_level(
-            lambda lv: estimate_macs(deps, removal_of(deps, choose(lv)), base) / total,
-            config.target_macs, high=config.max_ratio,
-        )  # fmt: skip
-        extra["macs_kept_estimate"] = estimate_macs(deps, removal_of(deps, choose(level)), base) / total
+        level = search_level(macs_at, config.target_macs, high=config.max_ratio)
+        extra["macs_kept_estimate"] = macs_at(level)
     elif config.target_latency is not None:
-        level = search_level(
-            lambda lv: _latency_ratio(setup, removal_of(deps, choose(lv))),
-            config.target_latency, high=config.max_ratio, steps=6,
+        level, fit = level_for_latency(
+            setup.original, setup.shapes, setup.feed, lambda lv: removal_of(deps, choose(lv)), macs_at,
+            config.target_latency, high=config.max_ratio,
         )  # fmt: skip
+        extra["latency_model"] = {"slope": fit.slope, "measured": [{"macs": m, "latency": r} for m, r in fit.points]}
     return choose(level), level
 
 
@@ -202,29 +202,6 @@ def _macs_per_unit(deps: Dependencies, groups: list[Group], base: dict[str, int]
         for index in indices
         if groups[index].units
     }
-
-
-def _latency_ratio(setup: _Setup, removal: Removal) -> float:
-    """Measured latency of the pruned model over the unpruned one (interleaved, batch 1)."""
-    if not removal.any:
-        return 1.0
-    pruned = pruned_copy(setup.original, setup.shapes, removal)
-    timings = measure_latency({"before": setup.original, "after": pruned}, setup.feed, budget_s=1.5)
-    ratio = timings["after"].median_ms / timings["before"].median_ms
-    logger.info("latency ratio %.3f at %d removed channels", ratio, int(removal.removed.sum()))
-    return ratio
-
-
-def pruned_copy(original: onnx.ModelProto, shapes: dict, removal: Removal) -> onnx.ModelProto:
-    """``original`` with ``removal`` applied (the analysis is deterministic, so
-    channel ids match those of any other analysis of the same model)."""
-    graph = import_graph(original)
-    deps = analyze(graph, shapes)
-    if len(deps.sets) != removal.removed.size:
-        raise RuntimeError("dependency analysis is not deterministic")
-    apply_removal(deps, removal)
-    clear_intermediate_shapes(graph)
-    return export_model(graph, original)
 
 
 def _summary(setup: _Setup, config, removed: set[int], level: float | None, fell_back: list[str]) -> dict[str, Any]:
