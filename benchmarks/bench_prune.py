@@ -89,9 +89,8 @@ def _sizes(model: onnx.ModelProto, base: onnx.ModelProto, feed) -> dict:
 
 def _latency(models: dict[str, onnx.ModelProto], feed, budget: float = 12.0, threads: int | None = None) -> dict[str, float]:
     """Median batch-1 latency of each model over the unpruned one's, all interleaved in one process."""
-    timings = measure_latency(models, feed, budget_s=budget, max_runs=400, intra_op_threads=threads)
-    base = timings["unpruned"].median_ms
-    return {name: t.median_ms / base for name, t in timings.items()} | {"unpruned_ms": base}
+    timings = measure_latency(models, feed, budget_s=budget, max_runs=400, intra_op_threads=threads, reference="unpruned")
+    return {name: t.ratio for name, t in timings.items()} | {"unpruned_ms": timings["unpruned"].median_ms}
 
 
 def _table(header: list[str], rows: list[list]) -> str:

@@ -198,7 +198,7 @@ def _verify(reference, candidate: Path, data: Dataset, random_data: bool, large:
 
 
 def _measure_latency(report: OptimizeReport, reference, candidate: Path, sample, large: bool) -> None:
-    timings = measure_latency({"before": reference, "after": candidate}, sample, interleaved=not large)
+    timings = measure_latency({"before": reference, "after": candidate}, sample, interleaved=not large, reference="before")
     report.latency_before, report.latency_after = timings["before"], timings["after"]
     report.latency_interleaved = not large
 

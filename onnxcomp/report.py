@@ -48,6 +48,8 @@ class OptimizeReport:
 
     @property
     def latency_ratio(self) -> float | None:
+        if self.latency_after and self.latency_after.ratio is not None:
+            return self.latency_after.ratio  # paired per round (see LatencyStats)
         if self.latency_before and self.latency_after and self.latency_before.median_ms > 0:
             return self.latency_after.median_ms / self.latency_before.median_ms
         return None
@@ -85,12 +87,16 @@ class OptimizeReport:
                     "latency (median)",
                     f"{self.latency_before.median_ms:.2f} ms",
                     f"{self.latency_after.median_ms:.2f} ms",
-                    _ratio(self.latency_before.median_ms, self.latency_after.median_ms),
+                    f"{self.latency_ratio:.3f}x" if self.latency_ratio is not None else "-",
                 )
             )
         lines.append(_table(("", "before", "after", "after/before"), rows))
         if self.latency_before:
-            how = "interleaved runs per model" if self.latency_interleaved else "runs per model, one model after the other"
+            how = (
+                "interleaved runs per model (ratio: median of the per-round ratios)"
+                if self.latency_interleaved
+                else "runs per model, one model after the other"
+            )
             lines.append(f"latency: batch 1, {self.latency_before.runs} {how}, onnxruntime all optimizations")
         if self.verification is not None:
             v = self.verification

@@ -91,3 +91,16 @@ def test_latency_sessions_do_not_spin(monkeypatch):
     latency.measure_latency({"a": _scaled(1.0), "b": _scaled(2.0)}, {"x": np.ones((1, 4), np.float32)}, min_runs=2, max_runs=2)
     assert seen == [False, False]
     assert session_options(spinning=False).get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_latency_ratio_is_paired_per_round_against_the_reference():
+    feed = {"x": np.ones((1, 4), np.float32)}
+    models = {"a": _scaled(1.0), "b": _scaled(2.0)}
+    stats = measure_latency(models, feed, min_runs=7, max_runs=7, reference="a")
+    assert stats["a"].ratio == 1.0  # each round's time over itself
+    assert stats["b"].ratio is not None and stats["b"].ratio > 0
+    apart = measure_latency(models, feed, min_runs=3, max_runs=3, interleaved=False, reference="b")
+    assert apart["a"].ratio == pytest.approx(apart["a"].median_ms / apart["b"].median_ms)
+    assert measure_latency(models, feed, min_runs=2, max_runs=2)["b"].ratio is None
+    with pytest.raises(ValueError, match="reference 'c'"):
+        measure_latency(models, feed, reference="c")

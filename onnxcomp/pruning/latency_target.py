@@ -107,9 +107,8 @@ def level_for_latency(
                 macs[f"{lv:.4f}"] = macs_at(lv)
         if len(models) == 1:
             break
-        timings = measure_latency(models, feed, budget_s=budget_s)
-        base = timings["unpruned"].median_ms
-        fit.points += [(macs[name], timings[name].median_ms / base) for name in macs]
+        timings = measure_latency(models, feed, budget_s=budget_s, reference="unpruned")
+        fit.points += [(macs[name], timings[name].ratio) for name in macs]
         fit.slope = fit_slope(fit.points)
         level = search_level(macs_at, fit.macs_for(target), high=high)
         logger.info("latency model: slope %.3f from %s -> level %.4f", fit.slope, fit.points, level)
