@@ -114,11 +114,17 @@ def _logits(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return np.concatenate([session.run(None, {"input": x[i : i + 16]})[0] for i in range(0, len(x), 16)])
 
 
-def _agreement(ref: np.ndarray, out: np.ndarray) -> dict:
+def _per_crop(ref: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per crop: is the unpruned model confident, do the top-1 classes agree, KL(unpruned || pruned)."""
     p, q = _softmax(ref.astype(np.float64)), _softmax(out.astype(np.float64))
     confident = p.max(axis=1) >= CONFIDENT
     same = p.argmax(axis=1) == q.argmax(axis=1)
     kl = np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1)
+    return confident, same, kl
+
+
+def _agreement(ref: np.ndarray, out: np.ndarray) -> dict:
+    confident, same, kl = _per_crop(ref, out)
     return {"top1_confident": float(same[confident].mean()), "top1_all": float(same.mean()), "kl": float(kl.mean())}
 
 
@@ -247,16 +253,15 @@ def folds_section(args, workdir: Path) -> dict:
         eval_x = assets.preprocess(assets.photo_crops(per_fold, spec.size, seed=20 + fold, photos=held), spec)
         feed = {"input": eval_x[:1]}
         base = base if base is not None else _cleaned(assets.efficientnet_lite1_onnx(), feed)
-        p = _softmax(_logits(base, eval_x).astype(np.float64))
-        confident = p.max(axis=1) >= CONFIDENT
-        record = {"held_out": held, "confident": int(confident.sum()), "top1_confident": {}}
+        ref = _logits(base, eval_x)
+        record = {"held_out": held, "top1_confident": {}}
         for name, options in FOLD_CONFIGS.items():
             model = _prune(base, {"ratio": 0.3, **options}, feed, [{"input": x[None]} for x in calib_x])[0]
-            q = _softmax(_logits(model, eval_x).astype(np.float64))
-            agree = (p.argmax(axis=1) == q.argmax(axis=1))[confident]
-            same[name].append(agree)
-            kls[name].append(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1))
-            record["top1_confident"][name] = float(agree.mean())
+            confident, agree, kl = _per_crop(ref, _logits(model, eval_x))
+            same[name].append(agree[confident])
+            kls[name].append(kl)
+            record["confident"] = int(confident.sum())
+            record["top1_confident"][name] = float(agree[confident].mean())
         folds.append(record)
     pooled = {
         name: {"top1_confident": float(np.concatenate(same[name]).mean()), "kl": float(np.concatenate(kls[name]).mean())}

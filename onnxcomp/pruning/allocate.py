@@ -102,12 +102,12 @@ class Allocator:
         their lower convex hull from (0, 0); hull segments of all groups are
         taken cheapest deviation-per-unit first until enough units are removed
         (optimal when deviations add up and each group's curve is convex).
-        With unit costs, deviation per unit is divided by the unit's cost
-        relative to the mean, so the removed cost grows fastest for the
-        deviation; the level still counts units, and a target search moves it.
+        With unit costs, deviation per unit is divided by the unit's cost, so
+        the removed cost grows fastest for the deviation; the level still
+        counts units, and a target search moves it.
         """
         budget = level * sum(self._sizes[i] for i in self.free)
-        mean_cost = sum(self.unit_costs.values()) / len(self.unit_costs) if self.unit_costs else 1.0
+        default_cost = sum(self.unit_costs.values()) / len(self.unit_costs) if self.unit_costs else 1.0
         segments = []
         for index, cap in self.free.items():
             curve = self.curves.get(index)
@@ -118,9 +118,9 @@ class Allocator:
                 (r * units, d) for r, d in zip(curve.ratios, curve.deviations) if r <= cap + 1e-9
             ]
             hull = _lower_hull(points)
-            weight = max(self.unit_costs.get(index, mean_cost), 1e-12) / max(mean_cost, 1e-12)
+            cost = max(self.unit_costs.get(index, default_cost), 1e-12)
             for (u0, d0), (u1, d1) in itertools.pairwise(hull):
-                segments.append(((d1 - d0) / (u1 - u0) / weight, index, u0, u1))
+                segments.append(((d1 - d0) / (u1 - u0) / cost, index, u0, u1))
         segments.sort(key=lambda s: s[0])
         removed = dict.fromkeys(self.free, 0.0)
         taken, last = 0.0, None

@@ -29,7 +29,8 @@ from .config import Allocation, PruneChannelsConfig, Reconstruction
 from .criteria import Criterion, unit_scores
 from .groups import Group, build_groups, protected_sets, removal_of
 from .latency_target import level_for_latency
-from .macs import estimate_macs, layer_macs
+from .macs import estimate_macs, layer_macs, macs_per_unit
+from .members import Removal
 from .obs import collect_layer_stats, compensated_arrays, obs_ranking
 from .plan import build_plan, load_plan, removed_units
 from .reconstruct import compensate_bias, find_sinks, refit_layers
@@ -166,7 +167,7 @@ def _choose(setup: _Setup, config: PruneChannelsConfig, ctx: PassContext, scores
     compute_budget = config.target_macs is not None or config.target_latency is not None
     base = layer_macs(setup.original, setup.feed) if compute_budget else {}
     # A compute budget is best spent where deviation per MAC saved is lowest (a channel ratio: per channel).
-    costs = _macs_per_unit(deps, groups, base, allocator.sensitivity_groups) if curves and compute_budget else None
+    costs = macs_per_unit(deps, groups, base, allocator.sensitivity_groups) if curves and compute_budget else None
     allocator = Allocator(groups, scores, config, curves=curves, unit_costs=costs)  # curves only with sensitivity
     protected = protected_sets(deps)
 
@@ -179,29 +180,22 @@ def _choose(setup: _Setup, config: PruneChannelsConfig, ctx: PassContext, scores
     level = config.ratio
     total = max(sum(base.values()), 1)
 
-    def macs_at(lv: float) -> float:
-        return estimate_macs(deps, removal_of(deps, choose(lv)), base) / total
+    def removal_at(lv: float) -> Removal:
+        return removal_of(deps, choose(lv))
+
+    def macs_of(removal: Removal) -> float:
+        return estimate_macs(deps, removal, base) / total
 
     if config.target_macs is not None:
-        level = search_level(macs_at, config.target_macs, high=config.max_ratio)
-        extra["macs_kept_estimate"] = macs_at(level)
+        level = search_level(lambda lv: macs_of(removal_at(lv)), config.target_macs, high=config.max_ratio)
+        extra["macs_kept_estimate"] = macs_of(removal_at(level))
     elif config.target_latency is not None:
         level, fit = level_for_latency(
-            setup.original, setup.shapes, setup.feed, lambda lv: removal_of(deps, choose(lv)), macs_at,
-            config.target_latency, high=config.max_ratio,
+            setup.original, setup.shapes, setup.feed, removal_at, macs_of, config.target_latency,
+            high=config.max_ratio,
         )  # fmt: skip
         extra["latency_model"] = {"slope": fit.slope, "measured": [{"macs": m, "latency": r} for m, r in fit.points]}
     return choose(level), level
-
-
-def _macs_per_unit(deps: Dependencies, groups: list[Group], base: dict[str, int], indices) -> dict[int, float]:
-    """MACs one unit of each group carries (removing its first unit alone), for allocating a compute budget."""
-    total = sum(base.values())
-    return {
-        index: float(max(total - estimate_macs(deps, removal_of(deps, {groups[index].units[0]}), base), 1))
-        for index in indices
-        if groups[index].units
-    }
 
 
 def _summary(setup: _Setup, config, removed: set[int], level: float | None, fell_back: list[str]) -> dict[str, Any]:

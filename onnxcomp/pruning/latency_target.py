@@ -81,7 +81,7 @@ def level_for_latency(
     shapes: dict,
     feed,
     removal_at: Callable[[float], Removal],
-    macs_at: Callable[[float], float],
+    macs_of: Callable[[Removal], float],
     target: float,
     *,
     high: float,
@@ -90,8 +90,12 @@ def level_for_latency(
     """Smallest level whose predicted latency ratio is at most ``target``.
 
     ``removal_at(level)`` gives the channels a level removes and
-    ``macs_at(level)`` its predicted MAC ratio (both decreasing in the level).
+    ``macs_of(removal)`` the predicted MAC ratio after it (decreasing in the level).
     """
+
+    def macs_at(level: float) -> float:
+        return macs_of(removal_at(level))
+
     fit = LatencyFit(1.0, [])
     level = search_level(macs_at, target, high=high)
     if level == 0.0:  # met without pruning
@@ -104,7 +108,7 @@ def level_for_latency(
             removal = removal_at(lv)
             if removal.any:
                 models[f"{lv:.4f}"] = pruned_copy(original, shapes, removal)
-                macs[f"{lv:.4f}"] = macs_at(lv)
+                macs[f"{lv:.4f}"] = macs_of(removal)
         if len(models) == 1:
             break
         timings = measure_latency(models, feed, budget_s=budget_s, reference="unpruned")

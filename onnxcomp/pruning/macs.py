@@ -16,6 +16,7 @@ import onnx
 from ..analysis import count_macs
 from ..data import Feed, input_specs
 from .analysis import Dependencies
+from .groups import Group, removal_of
 from .members import Removal
 
 
@@ -38,3 +39,13 @@ def estimate_macs(deps: Dependencies, removal: Removal, base: dict[str, int]) ->
             fraction *= float(removal.kept_along(ids, axis).mean())
         total -= macs - int(round(macs * fraction))
     return total
+
+
+def macs_per_unit(deps: Dependencies, groups: list[Group], base: dict[str, int], indices) -> dict[int, float]:
+    """MACs one unit of each group carries (its first unit removed alone), by group index."""
+    total = sum(base.values())
+    return {
+        index: float(max(total - estimate_macs(deps, removal_of(deps, {groups[index].units[0]}), base), 1))
+        for index in indices
+        if groups[index].units
+    }
