@@ -73,22 +73,31 @@ def measure_latency(
     """
     if reference is not None and reference not in models:
         raise ValueError(f"reference {reference!r} is not one of the models")
-    if not interleaved:
-        stats = {
-            name: measure_latency(
-                {name: model}, feed, min_runs=min_runs, max_runs=max_runs, budget_s=budget_s,
-                warmup=warmup, intra_op_threads=intra_op_threads, level=level,
-            )[name]
-            for name, model in models.items()
-        }
-        if reference is not None:
-            for value in stats.values():
-                value.ratio = value.median_ms / stats[reference].median_ms
-        return stats
-    sessions = {
-        name: create_session(model, level=level, intra_op_threads=intra_op_threads, spinning=False)
-        for name, model in models.items()
-    }
+    loop = dict(min_runs=min_runs, max_runs=max_runs, budget_s=budget_s, warmup=warmup)
+
+    def session(model):
+        return create_session(model, level=level, intra_op_threads=intra_op_threads, spinning=False)
+
+    if interleaved:
+        times = _timed_rounds({name: session(model) for name, model in models.items()}, feed, **loop)
+    else:  # one session alive at a time
+        times = {name: _timed_rounds({name: session(model)}, feed, **loop)[name] for name, model in models.items()}
+    stats = {name: _stats(samples) for name, samples in times.items()}
+    if reference is not None:
+        base = times[reference]
+        for name, samples in times.items():
+            stats[name].ratio = (
+                statistics.median(t / b for t, b in zip(samples, base))
+                if interleaved
+                else stats[name].median_ms / stats[reference].median_ms
+            )
+    return stats
+
+
+def _timed_rounds(
+    sessions: Mapping[str, Any], feed: Feed, *, min_runs: int, max_runs: int, budget_s: float, warmup: int
+) -> dict[str, list[float]]:
+    """Milliseconds per run of each session, one run of each per round (see :func:`measure_latency`)."""
     for name, session in sessions.items():
         for _ in range(warmup):
             run(session, None, feed, error=DataError, what=f"model '{name}' on the latency sample")
@@ -101,12 +110,7 @@ def measure_latency(
             session.run(None, feed)
             times[name].append((time.perf_counter() - t0) * 1000.0)
         rounds += 1
-    stats = {name: _stats(samples) for name, samples in times.items()}
-    if reference is not None:
-        base = times[reference]
-        for name, samples in times.items():
-            stats[name].ratio = statistics.median(t / b for t, b in zip(samples, base))
-    return stats
+    return times
 
 
 def _stats(samples: list[float]) -> LatencyStats:
