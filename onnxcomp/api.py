@@ -121,7 +121,7 @@ def optimize(
     with PassContext(template=original, seed=seed, progress=progress) as ctx:
         calib = open_data(data, specs, image_options=image_options, limit=data_limit, workdir=ctx.workdir) if data is not None else None
         ctx.data = calib
-        warnings: list[str] = []
+        warnings = ctx.warnings  # the passes' warnings and this function's share one list
         check_data, random_data = _verification_data(
             specs, original, verify_data, calib, verify_samples, input_shapes, image_options, seed, ctx, warnings
         )

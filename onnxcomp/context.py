@@ -43,6 +43,8 @@ class PassContext:
         providers: onnxruntime execution providers for calibration runs.
         artifacts: Larger results passes leave for the caller, keyed by pass
             name (e.g. a pruning plan, a sensitivity table).
+        warnings: Lines for the person running the pipeline (see :meth:`warn`);
+            the optimize report prints them after its tables.
     """
 
     template: onnx.ModelProto
@@ -51,7 +53,15 @@ class PassContext:
     progress: ProgressFactory = null_progress
     providers: Sequence[str] = DEFAULT_PROVIDERS
     artifacts: dict[str, Any] = dataclasses.field(default_factory=dict)
+    warnings: list[str] = dataclasses.field(default_factory=list)
     _workdir: tempfile.TemporaryDirectory | None = dataclasses.field(default=None, repr=False)
+
+    def warn(self, message: str) -> None:
+        """Tell the user something that went other than asked without failing the
+        run (e.g. a pruning request that found nothing to prune). Logged at info
+        level as it happens; shown once, in the report, at the default level."""
+        self.warnings.append(message)
+        logger.info(message)
 
     def export(self, graph: gs.Graph) -> onnx.ModelProto:
         """The graph as a model with the original model-level fields."""

@@ -172,7 +172,7 @@ class QuantizeStatic(Pass):
         if opset < PER_CHANNEL_OPSET:
             model, opset, reason = ensure_opset(model, PER_CHANNEL_OPSET, data.first())
             if reason:
-                logger.warning("%s: %s; weights are quantized per tensor", self.name, reason)
+                ctx.warn(f"{self.name}: {reason}; weights are quantized per tensor")
         quantizer = StaticQuantizer(model, None, self.config.static_options(), opset)
         _, plan = quantizer.plan()
         if not plan.points:

@@ -111,6 +111,34 @@ def test_modified_is_honest():
     assert step.modified
 
 
+def single_conv() -> onnx.ModelProto:
+    """x[N,8,8,8] -> Conv 1x1 (8) -> y: its only channels are the model's output."""
+    w = np.random.default_rng(0).normal(size=(8, 8, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")]
+    return builders.model(
+        nodes, [builders.value("x", ["N", 8, 8, 8])], [builders.value("y", ["N", 8, 8, 8])], [builders.tensor("w", w)]
+    )
+
+
+def pruning_warnings(model, **options) -> list[str]:
+    ctx = PassContext(template=model)
+    PassManager([create_pass("prune-channels", options)]).run(model, ctx)
+    return ctx.warnings
+
+
+def test_a_request_that_removes_nothing_says_why():
+    m = conv_net(seed=6)
+    assert pruning_warnings(m, ratio=0.0) == []  # nothing asked, nothing to say
+    assert pruning_warnings(m, ratio=0.3, round_to=1) == []
+    (skipped,) = pruning_warnings(m, ratio=0.5, skip=("conv*",))
+    assert "match skip ['conv*']" in skipped
+    (frozen,) = pruning_warnings(single_conv(), ratio=0.5)
+    assert "none of the 1 channel group(s) can be pruned" in frozen and "graph output" in frozen
+    assert "inspect --prunable" in frozen
+    (rounded,) = pruning_warnings(m, ratio=0.3, round_to=32)
+    assert "round_to=32" in rounded
+
+
 def kept(model: onnx.ModelProto, name: str) -> int:
     return {t.name: t for t in model.graph.initializer}[name].dims[0]
 

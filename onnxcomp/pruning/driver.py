@@ -35,7 +35,7 @@ from .obs import collect_layer_stats, compensated_arrays, obs_ranking
 from .plan import build_plan, load_plan, removed_units
 from .reconstruct import compensate_bias, find_sinks, refit_layers
 from .rewrite import apply_removal
-from .select import kept_count, select_units
+from .select import eligible_groups, kept_count, select_units
 from .sensitivity import load_curves, sweep
 from .shapes import concrete_shapes
 from .stats import collect_stats
@@ -76,6 +76,8 @@ def prune_channels(graph: gs.Graph, ctx: PassContext, config: PruneChannelsConfi
     summary = _summary(setup, config, removed, level, fell_back)
     plan = build_plan(deps, groups, removal)
     if not removal.any:
+        if config.plan or config.ratio > 0 or config.target_macs is not None or config.target_latency is not None:
+            ctx.warn(_nothing_removed(setup, config))
         ctx.artifacts[ARTIFACT] = _artifact(setup, plan, extra)
         return PassResult(graph, False, summary)
     sinks = find_sinks(deps, removal, stats) if setup.reconstruction is not Reconstruction.NONE else []
@@ -219,6 +221,26 @@ def _summary(setup: _Setup, config, removed: set[int], level: float | None, fell
     if fell_back:
         summary["groups_scored_by_l2"] = len(fell_back)
     return summary
+
+
+def _nothing_removed(setup: _Setup, config: PruneChannelsConfig) -> str:
+    """Why a pruning request removed nothing, in one line."""
+    prunable = [g for g in setup.groups if g.prunable]
+    if not prunable:
+        reasons = [r for g in setup.groups for r in g.reasons]
+        because = f" (e.g. {reasons[0]})" if reasons else ""
+        return (
+            f"prune-channels removed nothing: none of the {len(setup.groups)} channel group(s) can be pruned"
+            f"{because}; 'onnxcomp inspect --prunable MODEL' lists why"
+        )
+    if config.plan:
+        return f"prune-channels removed nothing: the pruning plan {config.plan} keeps every channel"
+    if not eligible_groups(prunable, config.skip):
+        return f"prune-channels removed nothing: all {len(prunable)} prunable group(s) match skip {list(config.skip)}"
+    return (
+        f"prune-channels removed nothing from {len(prunable)} prunable group(s): each keeps a multiple of "
+        f"round_to={config.round_to} and at least min_channels={config.min_channels}; ask for more pruning or lower round_to"
+    )
 
 
 def _artifact(setup: _Setup, plan: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
