@@ -18,6 +18,7 @@ import click
 
 from . import __version__
 from .errors import INTERRUPTED, Interrupted, OnnxcompError, UsageError
+from .pipelines import QUANTIZE_MODES
 
 logger = logging.getLogger("onnxcomp")
 
@@ -189,7 +190,7 @@ def _image_options(size, mean, std, scale, layout, order, resize):
 @click.option("--recipe", type=click.Path(path_type=Path), help="YAML recipe with the passes to run.")
 @click.option("--passes", "pass_list", help="Comma-separated pass or preset names (instead of the default pipeline).")
 @click.option("--prune", "prune", type=float, metavar="RATIO", help="Structured pruning: remove this fraction of prunable channels.")
-@click.option("--quantize", "quantize", metavar="MODE", help="Quantization mode (see 'onnxcomp passes').")
+@click.option("--quantize", "quantize", metavar="MODE", help=f"Quantization mode: {', '.join(sorted(QUANTIZE_MODES))} ('onnxcomp passes': what each runs).")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Also write the report as JSON.")
 @click.option("--prune-plan", "plan_path", type=click.Path(path_type=Path), help="Also write the pruning plan (kept channels per weight) as JSON.")
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Compare with the original in onnxruntime.")
@@ -279,11 +280,13 @@ def optimize(model: Path, output: Path | None, calib: Path | None, calib_limit: 
 @click.option("--json", "as_json", is_flag=True)
 def list_passes(as_json: bool) -> None:
     """List the registered passes and their options."""
+    from .pipelines import describe_quantize_modes
     from .registry import PRESETS, describe_passes
 
     rows = describe_passes()
+    modes = describe_quantize_modes()
     if as_json:
-        click.echo(json.dumps({"passes": rows, "presets": sorted(PRESETS)}, indent=2))
+        click.echo(json.dumps({"passes": rows, "presets": sorted(PRESETS), "quantize_modes": modes}, indent=2))
         return
     for row in rows:
         flags = " (needs --calib)" if row["needs_data"] else ""
@@ -291,6 +294,9 @@ def list_passes(as_json: bool) -> None:
         for opt in row["options"]:
             click.echo(f"    --  {opt['name']}: {opt['type']} = {opt['default']}")
     click.echo("presets: " + ", ".join(sorted(PRESETS)))
+    click.echo("--quantize modes (after the cleanup preset):")
+    for mode, runs in modes.items():
+        click.echo(f"    {mode}: {runs}")
 
 
 from .distill.cli import distill as _distill  # noqa: E402 - imports only click; the work loads on use

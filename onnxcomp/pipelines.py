@@ -56,6 +56,18 @@ def prune_items(ratio: float) -> list[Any]:
     return [{"prune-channels": {"ratio": ratio}}]
 
 
+def describe_quantize_modes() -> dict[str, str]:
+    """``--quantize`` mode -> the passes it runs, as one readable line each."""
+
+    def item(spec: Any) -> str:
+        if isinstance(spec, str):
+            return spec
+        ((name, options),) = spec.items()
+        return f"{name}(" + ", ".join(f"{k}={v}" for k, v in options.items()) + ")"
+
+    return {mode: ", ".join(item(spec) for spec in build()) for mode, build in sorted(QUANTIZE_MODES.items())}
+
+
 def quantize_items(mode: str) -> list[Any]:
     """Pipeline items for ``--quantize MODE``."""
     if mode not in QUANTIZE_MODES:

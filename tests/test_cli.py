@@ -105,6 +105,11 @@ def test_inspect_text_and_json(model_path, capsys):
 def test_passes_listing(capsys):
     code, stdout, _ = _cli(["passes"], capsys)
     assert code == 0 and "fold-batchnorm" in stdout and "presets: cleanup" in stdout
+    # what each --quantize mode runs, since --help points here for it
+    assert "    int8-accurate: equalize-cross-layer, quantize-static(rounding=reconstruct" in stdout
+    code, stdout, _ = _cli(["passes", "--json"], capsys)
+    modes = json.loads(stdout)["quantize_modes"]
+    assert code == 0 and modes["int4-weights"] == "quantize-weights(bits=4, symmetric=False)" and "int8-dynamic" in modes
 
 
 def _checker_failing(path: Path) -> Path:
