@@ -152,6 +152,24 @@ def test_grouped_conv_removes_equally_in_every_group():
     assert_unchanged(m, out)
 
 
+def test_channel_shuffle_prunes_whole_columns_and_rewrites_both_reshapes():
+    # ShuffleNet's shuffle: [1,8] -> [1,2,4] -> transpose -> [1,8]. Pre-shuffle channel i*4+j lands at
+    # j*2+i, and both rows i must keep the same j for the second reshape to interleave them again, so
+    # a unit is a column j (channels j and 4+j). Column 1 (channels 1, 5 -> 2, 3 after) is zero.
+    net = Net(11)
+    a = net.node("Relu", [net.conv("convA", "x", 4, 8, zero_out=[1, 5])], ["a"])
+    r = net.node("Reshape", [a, net.const("split", np.array([1, 2, 4, 6, 6]))], ["r"])
+    t = net.node("Transpose", [r], ["t"], perm=[0, 2, 1, 3, 4])
+    s = net.node("Reshape", [t, net.const("merge", np.array([1, 8, 6, 6]))], ["s"])
+    net.conv("y", s, 8, 3, zero_in=[2, 3])
+    m = net.model([builders.value("x", [1, 4, 6, 6])], [builders.value("y", [1, 3, 6, 6])])
+    out, step, artifacts = prune(m, ratio=0.25)
+    assert step.summary["units_prunable"] == 4 and step.summary["units_removed"] == 1
+    assert weight(out, "convA").shape == (6, 4, 1, 1) and weight(out, "y").shape == (3, 6, 1, 1)
+    assert weight(out, "r", 1).tolist() == [1, 2, 3, 6, 6] and weight(out, "s", 1).tolist() == [1, 6, 6, 6]
+    assert_unchanged(m, out)
+
+
 def test_se_block_gate_is_coupled_with_the_gated_channels():
     net = Net(4)
     zero = [0, 3]
