@@ -170,6 +170,27 @@ def test_channel_shuffle_prunes_whole_columns_and_rewrites_both_reshapes():
     assert_unchanged(m, out)
 
 
+def test_shufflenet_unit_prunes_columns_evenly_across_both_grouped_convs():
+    # ShuffleNet v1: grouped 1x1 conv, channel shuffle, depthwise 3x3, grouped 1x1 conv (2 groups each).
+    # A column j (channels j, 4+j) loses one channel in every group of gconvA; after the shuffle it is
+    # channels 2j, 2j+1, inside group j // 2 of gconvB, so one column must go from each half of j.
+    # Columns 1 and 3 are zero.
+    net = Net(12)
+    a = net.node("Relu", [net.conv("gconvA", "x", 8, 8, group=2, zero_out=[1, 5, 3, 7])], ["a"])
+    r = net.node("Reshape", [a, net.const("split", np.array([1, 2, 4, 6, 6]))], ["r"])
+    t = net.node("Transpose", [r], ["t"], perm=[0, 2, 1, 3, 4])
+    s = net.node("Reshape", [t, net.const("merge", np.array([1, 8, 6, 6]))], ["s"])
+    d = net.conv("dw", s, 8, 8, k=3, group=8, zero_out=[2, 3, 6, 7])
+    net.conv("gconvB", d, 8, 4, group=2, zero_in=[2, 3, 6, 7])
+    m = net.model([builders.value("x", [1, 8, 6, 6])], [builders.value("gconvB", [1, 4, 6, 6])])
+    out, step, artifacts = prune(m, ratio=0.5)
+    assert step.summary["units_prunable"] == 4 and step.summary["units_removed"] == 2
+    assert weight(out, "gconvA").shape == (4, 4, 1, 1) and attribute(out, "gconvA", "group") == 2
+    assert weight(out, "dw").shape == (4, 1, 3, 3) and attribute(out, "dw", "group") == 4
+    assert weight(out, "gconvB").shape == (4, 2, 1, 1) and attribute(out, "gconvB", "group") == 2
+    assert_unchanged(m, out)
+
+
 def test_se_block_gate_is_coupled_with_the_gated_channels():
     net = Net(4)
     zero = [0, 3]

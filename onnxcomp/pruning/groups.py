@@ -102,12 +102,20 @@ def build_groups(deps: Dependencies) -> list[Group]:
 
 
 def _attach_partitions(deps: Dependencies, groups: list[Group]) -> None:
-    """Turn grouped-conv partitions into unit rows; conflicting ones freeze the group."""
+    """Turn grouped-conv partitions into unit rows; conflicting ones freeze the group.
+
+    A partition whose units each hold the same number of channels in every
+    row (a channel shuffle before the grouped conv makes every unit a column
+    across its groups) constrains nothing: removing any unit removes equally
+    from every group.
+    """
     owner = {root: g for g in groups for root in g.units}
     for rows in deps.records.partitions:
         roots = deps.sets.roots(rows)
         live = [int(r) for r in np.unique(roots) if r != FROZEN]
         if not live:
+            continue
+        if not np.any(roots == FROZEN) and _spans_rows_evenly(roots):
             continue
         group = owner[live[0]]
         unit_rows = [sorted({int(r) for r in row if r != FROZEN}) for row in roots]
@@ -122,6 +130,14 @@ def _attach_partitions(deps: Dependencies, groups: list[Group]) -> None:
             _freeze_group(deps, group, problem)
         else:
             group.partition = unit_rows
+
+
+def _spans_rows_evenly(roots: np.ndarray) -> bool:
+    """Whether every row of ``roots`` (rows x channels) holds each unit equally often."""
+    first = np.unique(roots[0], return_counts=True)
+    return all(
+        all(np.array_equal(a, b) for a, b in zip(first, np.unique(row, return_counts=True))) for row in roots[1:]
+    )
 
 
 def _freeze_group(deps: Dependencies, group: Group, reason: str) -> None:
