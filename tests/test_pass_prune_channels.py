@@ -120,16 +120,22 @@ def single_conv() -> onnx.ModelProto:
     )
 
 
-def pruning_warnings(model, **options) -> list[str]:
-    ctx = PassContext(template=model)
+def pruning_warnings(model, data=None, **options) -> list[str]:
+    ctx = PassContext(template=model, data=data)
     PassManager([create_pass("prune-channels", options)]).run(model, ctx)
     return ctx.warnings
+
+
+def test_pruning_without_data_warns_that_outputs_move():
+    m = conv_net(seed=6)
+    (warning,) = pruning_warnings(m, ratio=0.3, round_to=1)
+    assert "no calibration data" in warning and "--prune-plan" in warning
+    assert pruning_warnings(m, dataset(samples(8, seed=2)), ratio=0.3, round_to=1) == []
 
 
 def test_a_request_that_removes_nothing_says_why():
     m = conv_net(seed=6)
     assert pruning_warnings(m, ratio=0.0) == []  # nothing asked, nothing to say
-    assert pruning_warnings(m, ratio=0.3, round_to=1) == []
     (skipped,) = pruning_warnings(m, ratio=0.5, skip=("conv*",))
     assert "match skip ['conv*']" in skipped
     (frozen,) = pruning_warnings(single_conv(), ratio=0.5)

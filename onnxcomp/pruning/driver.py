@@ -80,6 +80,11 @@ def prune_channels(graph: gs.Graph, ctx: PassContext, config: PruneChannelsConfi
             ctx.warn(_nothing_removed(setup, config))
         ctx.artifacts[ARTIFACT] = _artifact(setup, plan, extra)
         return PassResult(graph, False, summary)
+    if setup.data is None and not config.plan:  # a plan chose the channels itself
+        ctx.warn(
+            "prune-channels had no calibration data: channels were ranked by weight magnitude and nothing was "
+            "refitted, so the outputs move far; fine-tune with the plan (--prune-plan) or give --calib"
+        )
     sinks = find_sinks(deps, removal, stats) if setup.reconstruction is not Reconstruction.NONE else []
     summary.update(apply_removal(deps, removal))
     clear_intermediate_shapes(graph)
