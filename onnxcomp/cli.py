@@ -189,7 +189,11 @@ def _image_options(size, mean, std, scale, layout, order, resize):
 @click.option("--verify-data", "verify_data", type=click.Path(path_type=Path), help="Held-out data to verify on (default: the --calib data).")
 @click.option("--recipe", type=click.Path(path_type=Path), help="YAML recipe with the passes to run.")
 @click.option("--passes", "pass_list", help="Comma-separated pass or preset names (instead of the default pipeline).")
-@click.option("--prune", "prune", type=float, metavar="RATIO", help="Structured pruning: remove this fraction of prunable channels.")
+@click.option(
+    "--prune", "prune", type=float, metavar="RATIO",
+    help="Structured pruning: remove this fraction of prunable channels (with --calib ranked by measured "
+    "contribution and refitted; without, by magnitude, for fine-tuning).",
+)  # fmt: skip
 @click.option("--quantize", "quantize", metavar="MODE", help=f"Quantization mode: {', '.join(sorted(QUANTIZE_MODES))} ('onnxcomp passes': what each runs).")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Also write the report as JSON.")
 @click.option("--prune-plan", "plan_path", type=click.Path(path_type=Path), help="Also write the pruning plan (kept channels per weight) as JSON.")
