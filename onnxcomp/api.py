@@ -9,7 +9,6 @@ then write the output (atomically). A run that fails anywhere writes nothing.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -41,8 +40,6 @@ from .recipe import load_recipe
 from .registry import build_pipeline
 from .report import OptimizeReport, VerificationSummary
 from .verify import check_loads, check_tolerances, compare_models
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_PIPELINE: tuple[str, ...] = ("cleanup",)
 RANDOM_SAMPLES = 8
@@ -121,14 +118,13 @@ def optimize(
     with PassContext(template=original, seed=seed, progress=progress) as ctx:
         calib = open_data(data, specs, image_options=image_options, limit=data_limit, workdir=ctx.workdir) if data is not None else None
         ctx.data = calib
-        warnings = ctx.warnings  # the passes' warnings and this function's share one list
         check_data, random_data = _verification_data(
-            specs, original, verify_data, calib, verify_samples, input_shapes, image_options, seed, ctx, warnings
+            specs, original, verify_data, calib, verify_samples, input_shapes, image_options, seed, ctx
         )
         result = manager.run(original, ctx)
         optimized = result.model
         if verify_data is None and calib is not None and calib.passes:
-            warnings.append(
+            ctx.warnings.append(
                 "verified on the calibration data the passes fitted to (in-sample); "
                 "give --verify-data HELD_OUT for errors on unseen inputs"
             )
@@ -153,7 +149,7 @@ def optimize(
                 after=model_stats(optimized, sample=check_data.first()),
                 file_bytes_before=file_size_with_data(source_path) if source_path else model_byte_size(original),
                 file_bytes_after=file_size_with_data(staged.path),
-                warnings=warnings,
+                warnings=ctx.warnings,  # the passes' and this function's
                 artifacts=_plain_artifacts(ctx.artifacts),
             )
             large = max(report.before.weight_bytes, report.after.weight_bytes) > LARGE_MODEL_BYTES
@@ -213,7 +209,6 @@ def _verification_data(
     image_options: Any,
     seed: int,
     ctx: PassContext,
-    warnings: list[str],
 ) -> tuple[Dataset, bool]:
     if verify_data is not None:
         return open_data(verify_data, specs, image_options=image_options, limit=limit, workdir=ctx.workdir), False
@@ -225,8 +220,7 @@ def _verification_data(
     message = f"no data given: verified on {count} random inputs; errors on real data will differ (give --calib)"
     if assumed:
         message += "; assumed " + ", ".join(f"{k}={v}" for k, v in assumed.items())
-    warnings.append(message)
-    logger.info(message)
+    ctx.warn(message)
     return ValidatedDataset(random, specs), True
 
 

@@ -134,10 +134,8 @@ def _attach_partitions(deps: Dependencies, groups: list[Group]) -> None:
 
 def _spans_rows_evenly(roots: np.ndarray) -> bool:
     """Whether every row of ``roots`` (rows x channels) holds each unit equally often."""
-    first = np.unique(roots[0], return_counts=True)
-    return all(
-        all(np.array_equal(a, b) for a, b in zip(first, np.unique(row, return_counts=True))) for row in roots[1:]
-    )
+    ordered = np.sort(roots, axis=1)
+    return bool(np.all(ordered == ordered[0]))
 
 
 def _freeze_group(deps: Dependencies, group: Group, reason: str) -> None:
