@@ -521,6 +521,34 @@ def test_concurrent_parts_into_one_folder(tmp_path):
     assert shard_bytes(tmp_path / "split") == shard_bytes(tmp_path / "full")
 
 
+def test_a_part_checking_the_folder_while_another_writes_into_it(tmp_path, monkeypatch):
+    """The folder check must not mistake another part's fresh manifest and shards for foreign files.
+
+    Deterministic form of the race the threaded test above hits only now and
+    then: the other part writes its manifest and first shard while this one
+    lists the folder.
+    """
+    import shutil
+
+    teacher, data = teacher_file(tmp_path), data_file(tmp_path)
+    config = ExportConfig(samples_per_shard=3, batch_size=2)
+    export_teacher(teacher, data, tmp_path / "full", config)
+    split = tmp_path / "split"
+    split.mkdir()  # the other part has made the folder, nothing more yet
+    real_iterdir = Path.iterdir
+
+    def iterdir_while_the_other_part_writes(self):
+        if self == split and not (split / "manifest.json").exists():
+            shutil.copy(tmp_path / "full" / "manifest.json", split / "manifest.json")
+            shutil.copytree(tmp_path / "full" / "shards" / "000000", split / "shards" / "000000")
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir_while_the_other_part_writes)
+    summary = export_teacher(teacher, data, split, config)
+    assert summary.skipped == [0] and summary.missing == []
+    assert shard_bytes(split) == shard_bytes(tmp_path / "full")
+
+
 def test_size_only_verification_still_catches_truncation(tmp_path):
     export_teacher(teacher_file(tmp_path), data_file(tmp_path), tmp_path / "out", ExportConfig(samples_per_shard=8))
     victim = tmp_path / "out" / "shards" / "000001" / "t000.npy"

@@ -244,16 +244,23 @@ def _load_teacher(teacher: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.Mo
 
 
 def _check_output_folder(out: Path) -> None:
-    """Refuse an output that is a file or a folder of something else (before any work)."""
+    """Refuse an output that is a file or a folder of something else (before any work).
+
+    The folder is listed before the manifest is looked for: another part
+    starting at the same moment may be writing into it, and in an export
+    nothing visible appears before the manifest, so a manifest missing after
+    the listing means the listed files are not an export's.
+    """
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: exists and is not a folder")
-    if out.is_dir() and not (out / MANIFEST_NAME).exists():
-        try:
-            others = [p.name for p in out.iterdir() if not p.name.startswith(".")]
-        except OSError as err:
-            raise output_error(out, err) from err
-        if others:
-            raise OutputError(f"{out}: is not empty and holds no distillation export; choose a new or empty folder")
+    if not out.is_dir():
+        return
+    try:
+        others = [p.name for p in out.iterdir() if not p.name.startswith(".")]
+    except OSError as err:
+        raise output_error(out, err) from err
+    if others and not (out / MANIFEST_NAME).exists():
+        raise OutputError(f"{out}: is not empty and holds no distillation export; choose a new or empty folder")
 
 
 def _make_folder(out: Path) -> None:

@@ -57,7 +57,7 @@ def write_shard(out: Path, manifest: Manifest, index: int, arrays: Mapping[str, 
     tmp = out / PARTIAL_DIR / f"{index:06d}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     final = shard_dir(out, index)
     try:
-        tmp.mkdir(parents=True)
+        _make_partial(tmp)
         files = {}
         for tensor in manifest.tensors:
             array = arrays[tensor.key]
@@ -178,6 +178,22 @@ def scan_shards(
         else:
             records[index] = record
     return records, missing
+
+
+def _make_partial(tmp: Path, attempts: int = 5) -> None:
+    """Create a shard's scratch folder under ``.partial``.
+
+    Another part finishing at the same moment removes ``.partial`` when it is
+    empty, possibly between the creation of ``.partial`` and of ``tmp`` in it;
+    creating both again is then enough.
+    """
+    for attempt in range(attempts):
+        try:
+            tmp.mkdir(parents=True)
+            return
+        except FileNotFoundError:
+            if attempt == attempts - 1:
+                raise
 
 
 def clear_partials(out: Path, indices: Iterable[int]) -> None:
