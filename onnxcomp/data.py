@@ -26,6 +26,9 @@ import dataclasses
 import itertools
 import logging
 import os
+import shutil
+import tempfile
+import weakref
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -138,11 +141,18 @@ class SpooledDataset(Dataset):
     arrive and read back by later (or concurrent partial) iterations, so a
     pass that stops early (e.g. peeking at the first sample) loses nothing.
     Memory stays flat in the number of samples.
+
+    The spool is a new folder inside ``workdir`` (whose owner removes it), or
+    without one a temporary folder removed with this dataset.
     """
 
-    def __init__(self, source: Iterator[Feed], folder: Path, description: str):
+    def __init__(self, source: Iterator[Feed], workdir: Path | None, description: str):
         self._source = source
-        self._folder = Path(folder)
+        if workdir is not None:
+            self._folder = Path(tempfile.mkdtemp(prefix="spool-", dir=workdir))
+        else:
+            self._folder = Path(tempfile.mkdtemp(prefix="onnxcomp-spool-"))
+            weakref.finalize(self, shutil.rmtree, self._folder, ignore_errors=True)
         self._written = 0
         self._exhausted = False
         self.description = description
@@ -570,7 +580,9 @@ def open_data(
         specs: The model's inputs (:func:`input_specs`).
         image_options: :class:`onnxcomp.data_images.ImageOptions` for image folders.
         limit: Use at most this many samples.
-        workdir: Scratch folder for spooling one-shot Python iterators.
+        workdir: Scratch folder for spooling one-shot Python iterators. Without
+            one, the dataset spools into a temporary folder of its own,
+            removed when the dataset is garbage-collected.
 
     Raises:
         DataError: The source does not exist, is of an unknown kind, or its first
@@ -594,9 +606,9 @@ def _raw_dataset(source: Any, specs: Sequence[InputSpec], image_options: Any, wo
     if isinstance(source, (list, tuple)):
         return ListDataset(list(source), f"list of {len(source)} samples")
     if hasattr(source, "get_next") and callable(source.get_next):
-        return SpooledDataset(_reader_iterator(source), _spool_dir(workdir), "CalibrationDataReader")
+        return SpooledDataset(_reader_iterator(source), workdir, "CalibrationDataReader")
     if isinstance(source, Iterator):
-        return SpooledDataset(source, _spool_dir(workdir), "iterator of samples")
+        return SpooledDataset(source, workdir, "iterator of samples")
     if isinstance(source, Iterable):
         return ReiterableDataset(source, f"{type(source).__name__} of samples")
     raise DataError(
@@ -611,13 +623,6 @@ def _reader_iterator(reader: Any) -> Iterator[Feed]:
         if sample is None:
             return
         yield sample
-
-
-def _spool_dir(workdir: Path | None) -> Path:
-    import tempfile
-
-    base = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="onnxcomp-spool-"))
-    return Path(tempfile.mkdtemp(prefix="spool-", dir=base))
 
 
 def _path_dataset(path: Path, specs: Sequence[InputSpec], image_options: Any) -> Dataset:

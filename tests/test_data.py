@@ -84,6 +84,28 @@ def test_calibration_data_reader(specs):
     assert len(list(open_data(Reader(), specs))) == 2
 
 
+def test_spooled_samples_leave_no_scratch_behind(tmp_path, specs, monkeypatch):
+    """Without a workdir the spool is the dataset's own and goes with it, on success and on error."""
+    import gc
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    data = open_data(({"x": _x()} for _ in range(3)), specs)
+    assert len(list(data)) == 3
+    assert [p.name[:15] for p in tmp_path.iterdir()] == ["onnxcomp-spool-"]
+    del data
+    gc.collect()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(DataError):
+        open_data(iter([]), specs)
+    gc.collect()
+    assert list(tmp_path.iterdir()) == []
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    assert len(list(open_data(iter([{"x": _x()}]), specs, workdir=workdir))) == 1
+    assert [p.name[:6] for p in workdir.iterdir()] == ["spool-"], "a given workdir holds the spool; its owner removes it"
+
+
 @pytest.mark.parametrize(
     "feed, message",
     [
