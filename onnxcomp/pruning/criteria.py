@@ -4,8 +4,9 @@ Scores are computed per channel id and summed over a unit's channels, i.e.
 over every layer of the dependency group (group-summed):
 
 * ``l1`` / ``l2``: ``sum |w|`` / ``sum w^2`` of every weight slab the channel
-  owns: the producing layer's filter (row), the consuming layers' columns and
-  the depthwise filter in between.
+  owns: the producing layer's filter (row), the consuming layers' columns (in
+  a grouped conv, the column within the channel's group:
+  :mod:`onnxcomp.pruning.columns`) and the depthwise filter in between.
 * ``bn-scale``: ``|gamma|`` of a BatchNormalization on the channel (network
   slimming); only meaningful when batch norms were not folded. Groups without
   one use ``l2``.
@@ -34,13 +35,15 @@ Data criteria fall back to ``l2`` in a group where no channel was observed
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 
 import numpy as np
 
 from ..graph import constant_value
 from .analysis import Dependencies
+from .columns import consumer_columns
 from .groups import Group
-from .members import AxisSlice, Role
+from .members import Role
 from .stats import ChannelStats
 
 
@@ -63,9 +66,6 @@ class Criterion(enum.Enum):
     @property
     def needs_data(self) -> bool:
         return self in (Criterion.ACTIVATION, Criterion.APOZ, Criterion.CONTRIBUTION, Criterion.OBS)
-
-
-WEIGHT_ROLES = (Role.SOURCE, Role.SINK, Role.DEPTHWISE)
 
 
 def unit_scores(
@@ -103,19 +103,29 @@ def unit_scores(
     return scores, fell_back
 
 
-def _weight_records(deps: Dependencies) -> list[AxisSlice]:
-    return [r for r in deps.records.slices if r.role in WEIGHT_ROLES and r.ids.ndim == 1]
+def _weight_slabs(deps: Dependencies) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(channel ids, one row of weights per id) for every weight slab a channel owns:
+    filters it is produced by, columns it is read through, depthwise filters;
+    grouped convs included (their filters, and each input's columns within its group)."""
+    for record in deps.records.slices:
+        if record.role in (Role.SOURCE, Role.DEPTHWISE) and record.ids.ndim == 1:
+            weight = np.asarray(constant_value(record.tensor))
+            yield record.ids, np.moveaxis(weight, record.axes[0], 0).reshape(weight.shape[record.axes[0]], -1)
+    for grouped in deps.records.grouped_convs:
+        weight = np.asarray(constant_value(grouped.node.inputs[1]))
+        yield grouped.out_ids, weight.reshape(weight.shape[0], -1)
+    for columns in consumer_columns(deps):
+        yield columns.ids, columns.matrix()
 
 
 def magnitude(deps: Dependencies, p: int) -> np.ndarray:
     """Per channel: sum over its weight slabs of ``|w|`` (p=1) or ``w^2`` (p=2)."""
     out = np.zeros(len(deps.sets))
-    for record in _weight_records(deps):
-        values = np.abs(np.asarray(constant_value(record.tensor), dtype=np.float64))
+    for ids, rows in _weight_slabs(deps):
+        values = np.abs(rows.astype(np.float64))
         if p == 2:
             values = values * values
-        per_position = np.moveaxis(values, record.axes[0], 0).reshape(values.shape[record.axes[0]], -1).sum(axis=1)
-        _scatter(out, record.ids, per_position)
+        _scatter(out, ids, values.sum(axis=1))
     return out
 
 
@@ -136,7 +146,7 @@ def activation_scores(
     """Mean |x|, 1 - APoZ or contribution per channel (NaN where not observed)."""
     total = np.zeros(len(deps.sets))
     count = np.zeros(len(deps.sets))
-    sinks = {id(r.node): r for r in deps.records.slices if r.role is Role.SINK and r.ids.ndim == 1}
+    consumers = {id(c.node): c for c in consumer_columns(deps)}
     for obs in deps.records.observations:
         s = stats.get(obs.name)
         if s is None:
@@ -147,11 +157,10 @@ def activation_scores(
             scale = s.mean_abs.max() or 1.0
             value = (1.0 - s.zeros) + 1e-6 * s.mean_abs / scale
         else:
-            record = sinks.get(id(obs.node))
-            if record is None:
+            consumer = consumers.get(id(obs.node))
+            if consumer is None:
                 continue
-            weight = np.asarray(constant_value(record.tensor), dtype=np.float64)
-            columns = np.moveaxis(weight, record.axes[0], 0).reshape(weight.shape[record.axes[0]], -1)
+            columns = consumer.matrix().astype(np.float64)
             activation = (1.0 - shrinkage) * s.mean_abs + shrinkage * s.mean_abs.mean()
             value = activation * np.sqrt((columns * columns).sum(axis=1))
         _scatter(total, obs.ids, value)

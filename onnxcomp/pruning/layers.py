@@ -4,6 +4,9 @@ Reconstruction works on ``y = M x + b`` for every layer kind:
 
 * ``Conv`` (group 1): ``M = W.reshape(C_out, C_in * prod(kernel))``, features
   ordered (input channel, kernel position) like an im2col patch; bias input 2.
+  A grouped ``Conv`` is the block-diagonal ``M`` of its groups (group ``k``'s
+  outputs read only group ``k``'s inputs); fits keep that structure
+  (:func:`conv_groups`).
 * ``Gemm``: ``M = alpha * B`` (``B`` transposed unless ``transB``); the bias is
   ``beta * C`` (C a vector or ``[1, N]``).
 * ``MatMul`` with a constant ``[K, N]`` weight: ``M = W^T``; the bias is the
@@ -56,7 +59,7 @@ def layer_kind(node: gs.Node) -> str | None:
     weight = constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
     if weight is None or weight.dtype.kind != "f":
         return None
-    if is_onnx_op(node, "Conv") and int(attr(node, "group", 1)) == 1 and weight.ndim == 4:
+    if is_onnx_op(node, "Conv") and weight.ndim == 4 and weight.shape[0] % int(attr(node, "group", 1)) == 0:
         if attr(node, "auto_pad", "NOTSET") in ("NOTSET", b"NOTSET"):
             return "conv"
     if is_onnx_op(node, "Gemm") and weight.ndim == 2 and not attr(node, "transA", 0):
@@ -71,7 +74,7 @@ def layer_kind(node: gs.Node) -> str | None:
 def read_layer(node: gs.Node, kind: str) -> LinearView:
     weight = np.asarray(constant_value(node.inputs[1]), dtype=np.float64)
     if kind == "conv":
-        matrix = weight.reshape(weight.shape[0], -1)
+        matrix = _block_diagonal(weight, conv_groups(node, kind))
         bias = _vector(node, 2, weight.shape[0])
     elif kind == "gemm":
         matrix = float(attr(node, "alpha", 1.0)) * (weight if attr(node, "transB", 0) else weight.T)
@@ -88,7 +91,7 @@ def write_layer(graph: gs.Graph, namer: Namer, node: gs.Node, kind: str, view: L
     dtype = np.asarray(constant_value(weight_t)).dtype
     if kind == "conv":
         shape = np.asarray(constant_value(weight_t)).shape
-        _set_input(graph, namer, node, 1, view.matrix.reshape(shape).astype(dtype))
+        _set_input(graph, namer, node, 1, _conv_weight(view.matrix, conv_groups(node, kind), shape).astype(dtype))
         _set_bias(graph, namer, node, 2, view.bias.astype(dtype))
     elif kind == "gemm":
         alpha, beta = float(attr(node, "alpha", 1.0)), float(attr(node, "beta", 1.0))
@@ -102,6 +105,30 @@ def write_layer(graph: gs.Graph, namer: Namer, node: gs.Node, kind: str, view: L
     else:
         _set_input(graph, namer, node, 1, view.matrix.T.astype(dtype))
         _set_matmul_bias(graph, namer, node, view.bias.astype(dtype))
+
+
+def conv_groups(node: gs.Node, kind: str) -> int:
+    """How many independent blocks ``M`` has (a conv's ``group``; 1 otherwise)."""
+    return int(attr(node, "group", 1)) if kind == "conv" else 1
+
+
+def _block_diagonal(weight: np.ndarray, group: int) -> np.ndarray:
+    """``[C_out, C_in/group, *kernel]`` conv weight as ``M[C_out, C_in * kernel]``."""
+    rows, features = weight.shape[0] // group, weight[0].size
+    blocks = weight.reshape(group, rows, features)
+    if group == 1:
+        return blocks[0]
+    matrix = np.zeros((weight.shape[0], group * features), dtype=weight.dtype)
+    for k in range(group):
+        matrix[k * rows:(k + 1) * rows, k * features:(k + 1) * features] = blocks[k]
+    return matrix
+
+
+def _conv_weight(matrix: np.ndarray, group: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of :func:`_block_diagonal` (entries off the blocks are dropped)."""
+    rows, features = shape[0] // group, matrix.shape[1] // group
+    blocks = [matrix[k * rows:(k + 1) * rows, k * features:(k + 1) * features] for k in range(group)]
+    return np.concatenate(blocks, axis=0).reshape(shape)
 
 
 def bias_add(node: gs.Node) -> gs.Node | None:
@@ -201,7 +228,7 @@ def layer_arrays(node: gs.Node, kind: str, view: LinearView) -> dict[str, np.nda
     out: dict[str, np.ndarray] = {}
     bias_t = None
     if kind == "conv":
-        out[weight_t.name] = view.matrix.reshape(weight.shape)
+        out[weight_t.name] = _conv_weight(view.matrix, conv_groups(node, kind), weight.shape)
         bias_t = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
         bias = view.bias
     elif kind == "gemm":

@@ -25,8 +25,9 @@ When the layer's output (after its bias ``Add``) feeds a residual ``Add``,
 the target is the original *sum* minus the pruned model's other branch, so the
 refit also absorbs the error the residual stream has accumulated.
 
-Only output channels the layer keeps are fitted. Layers of other kinds
-(grouped, transposed, 1-D/3-D convs) are left as pruned.
+Only output channels the layer keeps are fitted. A grouped conv is fitted
+group by group (each group's outputs from its own inputs), so it stays
+grouped. Layers of other kinds (transposed, 1-D/3-D convs) are left as pruned.
 """
 
 from __future__ import annotations
@@ -44,10 +45,12 @@ from ..graph import Namer, constant_value, is_onnx_op
 from ..progress import ProgressFactory, null_progress
 from ..runtime import OptLevel, create_session
 from .analysis import Dependencies
+from .columns import consumer_columns
 from .layers import (
     LinearView,
     RowSampler,
     bias_add,
+    conv_groups,
     input_features,
     layer_kind,
     output_rows,
@@ -70,6 +73,7 @@ class Sink:
     kept_out: np.ndarray
     original: LinearView
     kernel: int
+    groups: int  # independent blocks of the matrix (a grouped conv's ``group``)
     input_mean: np.ndarray | None
     target: str  # tensor equal to M x + b (original model), or the residual sum it feeds
     partner: str | None  # the residual Add's other operand (read from the pruned model)
@@ -81,27 +85,28 @@ class Sink:
 
 def find_sinks(deps: Dependencies, removal: Removal, stats: dict[str, ChannelStats] | None) -> list[Sink]:
     """Refittable layers losing input channels, in graph order (call before the rewrite)."""
-    sources = {id(r.node): r for r in deps.records.slices if r.role is Role.SOURCE and r.ids.ndim == 1}
+    out_ids = {id(r.node): r.ids for r in deps.records.slices if r.role is Role.SOURCE and r.ids.ndim == 1}
+    out_ids.update((id(g.node), g.out_ids) for g in deps.records.grouped_convs)
     means = {}
     for obs in deps.records.observations:
         if stats and obs.name in stats:
             means[id(obs.node)] = stats[obs.name].mean
     order = {id(n): i for i, n in enumerate(deps.graph.nodes)}
     sinks = []
-    for record in deps.records.slices:
-        if record.role is not Role.SINK or record.ids.ndim != 1:
-            continue
-        kept_in = removal.kept_along(record.ids, 0)
-        kind = layer_kind(record.node)
+    for columns in consumer_columns(deps):
+        kept_in = removal.kept_along(columns.ids, 0)
+        node = columns.node
+        kind = layer_kind(node)
         if kept_in.all() or kind is None:
             continue
-        node = record.node
         view = read_layer(node, kind)
-        source = sources.get(id(node))
-        kept_out = removal.kept_along(source.ids, 0) if source is not None else np.ones(view.matrix.shape[0], bool)
+        produced = out_ids.get(id(node))
+        kept_out = removal.kept_along(produced, 0) if produced is not None else np.ones(view.matrix.shape[0], bool)
         kernel = view.matrix.shape[1] // kept_in.size
         target, partner = _target_of(node, kind, deps.shapes)
-        sinks.append(Sink(node, kind, kept_in, kept_out, view, kernel, means.get(id(node)), target, partner))
+        sinks.append(Sink(
+            node, kind, kept_in, kept_out, view, kernel, conv_groups(node, kind), means.get(id(node)), target, partner
+        ))
     sinks.sort(key=lambda s: order.get(id(s.node), 0))
     return sinks
 
@@ -173,15 +178,20 @@ class _Moments:
         )
         return float(total) / max(self.n, 1)
 
-    def solve(self, start: LinearView, ridge: float) -> LinearView:
+    def solve(self, start: LinearView, ridge: float, groups: int = 1) -> LinearView:
+        """The ridge fit; with ``groups`` > 1 the matrix is block-diagonal (a
+        grouped conv) and each block's outputs are fitted from its own inputs."""
         n = max(self.n, 1)
         mx, my = self.sx / n, self.sy / n
         cov_xx = self.sxx / n - np.outer(mx, mx)
         cov_xy = self.sxy / n - np.outer(mx, my)
-        features = cov_xx.shape[0]
-        lam = ridge * max(float(np.trace(cov_xx)) / features, 1e-12)
-        lhs = cov_xx + lam * np.eye(features)
-        fit = np.linalg.solve(lhs, cov_xy + lam * start.matrix.T)
+        fit = np.zeros_like(start.matrix.T)
+        outs = np.array_split(np.arange(fit.shape[1]), groups)
+        for ins, outs_k in zip(np.array_split(np.arange(fit.shape[0]), groups), outs):
+            block = cov_xx[np.ix_(ins, ins)]
+            lam = ridge * max(float(np.trace(block)) / ins.size, 1e-12)
+            rhs = cov_xy[np.ix_(ins, outs_k)] + lam * start.matrix[np.ix_(outs_k, ins)].T
+            fit[np.ix_(ins, outs_k)] = np.linalg.solve(block + lam * np.eye(ins.size), rhs)
         return LinearView(fit.T, my - mx @ fit)
 
 
@@ -219,7 +229,7 @@ def refit_layers(
                     y = y - output_rows(sink.kind, values[1])[rows]
                 moments.add(input_features(sink.node, sink.kind, values[0], rows), y)
             current = read_layer(sink.node, sink.kind)
-            fitted = moments.solve(current, ridge)
+            fitted = moments.solve(current, ridge, sink.groups)
             before, after = moments.mse(_best_bias(moments, current)), moments.mse(fitted)
             write_layer(graph, namer, sink.node, sink.kind, fitted)
             results.append({"layer": sink.node.name, "mse_before": before, "mse_after": after})

@@ -24,12 +24,12 @@ import onnx
 from onnx import numpy_helper
 
 from ..data import Dataset
-from ..graph import constant_value
 from ..progress import ProgressFactory, null_progress
 from ..runtime import OptLevel, create_session
 from .analysis import Dependencies
+from .columns import consumer_columns
 from .groups import Group, removal_of
-from .members import Removal, Role
+from .members import Removal
 
 logger = logging.getLogger(__name__)
 
@@ -67,17 +67,12 @@ def patched(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> Iterator[i
 def masked_arrays(deps: Dependencies, removal: Removal) -> dict[str, np.ndarray]:
     """Consumer weights with the columns of removed channels zeroed, by tensor name."""
     out: dict[str, np.ndarray] = {}
-    for record in deps.records.slices:
-        if record.role is not Role.SINK or record.ids.ndim != 1 or not record.tensor.name:
+    for columns in consumer_columns(deps):
+        name = columns.tensor.name
+        gone = removal.of(columns.ids)
+        if not name or not gone.any():
             continue
-        gone = removal.of(record.ids)
-        if not gone.any():
-            continue
-        values = out.get(record.tensor.name)
-        if values is None:
-            values = np.array(constant_value(record.tensor), copy=True)
-        np.moveaxis(values, record.axes[0], 0)[gone] = 0
-        out[record.tensor.name] = values
+        out[name] = columns.zeroed(out[name] if name in out else columns.weight(), gone)
     return out
 
 
