@@ -12,19 +12,21 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+import pytest
 from onnx import helper, numpy_helper
-from test_pass_prune_channels import dataset, kept, prune, relative_error, samples
+from test_pass_prune_channels import dataset, kept, prune, pruning_warnings, relative_error, samples
 
 import builders
 
 GROUPS = 4
 
 
-def bottleneck(seed: int = 0, rank: int = 8) -> onnx.ModelProto:
+def bottleneck(seed: int = 0, rank: int = 8, stem: bool = False) -> onnx.ModelProto:
     """x[N,8,8,8] -> conv1 1x1 (16) -> Relu -> gconv 3x3 (16, group 4) -> Relu -> conv3 1x1 (8) -> y.
 
     conv1's channels are read only by the grouped conv; ``rank`` < 8 makes them
     redundant (mostly mixtures of ``rank`` directions), as trained ones are.
+    ``stem`` puts a 1x1 conv (16 channels, read by conv1) in front.
     """
     rng = np.random.default_rng(seed)
     w1 = rng.normal(0, 0.3, (16, rank)) @ rng.normal(0, 1 / np.sqrt(rank), (rank, 8)) + rng.normal(0, 0.02, (16, 8))
@@ -42,6 +44,11 @@ def bottleneck(seed: int = 0, rank: int = 8) -> onnx.ModelProto:
         helper.make_node("Relu", ["cg"], ["rg"], name="relu2"),
         helper.make_node("Conv", ["rg", "w3"], ["y"], name="conv3"),
     ]
+    if stem:
+        inits[0] = builders.tensor("w1", np.repeat(numpy_helper.to_array(inits[0]), 2, axis=1) / 2)
+        inits.append(builders.tensor("w0", rng.normal(0, 0.3, (16, 8, 1, 1)).astype(np.float32)))
+        nodes[0].input[0] = "r0"
+        nodes[:0] = [helper.make_node("Conv", ["x", "w0"], ["c0"], name="conv0"), helper.make_node("Relu", ["c0"], ["r0"])]
     return builders.model(nodes, [builders.value("x", ["N", 8, 8, 8])], [builders.value("y", ["N", 8, 8, 8])], inits)
 
 
@@ -95,3 +102,20 @@ def test_a_grouped_conv_that_lost_inputs_is_refitted_group_by_group():
     assert [a.i for a in gconv.attribute if a.name == "group"] == [GROUPS], "still a grouped conv"
     assert weights(models["least-squares"])["wg"].shape == (16, 16 // GROUPS // 2, 3, 3)
 
+
+@pytest.mark.parametrize("ratio", [0.2, 0.3, 0.5, 0.7])
+def test_round_to_counts_the_channels_of_each_conv_group(ratio):
+    """onnxruntime's blocked kernels need the channels per group, not per layer, in multiples of the block."""
+    pruned, _, _ = prune(bottleneck(), ratio=ratio, round_to=2)
+    wg = weights(pruned)["wg"]  # [C_out, C_in / group, 3, 3]
+    assert wg.shape[1] % 2 == 0 and (wg.shape[0] // GROUPS) % 2 == 0, wg.shape
+
+
+def test_groups_round_to_keeps_whole_are_left_out_of_the_budget_and_named():
+    """With 4 channels per conv group and round_to 4 the grouped conv's groups cannot lose any; a 25 %
+    request must then take 25 % of the stem's channels, not all it can (the others' share), and say so."""
+    m = bottleneck(seed=6, stem=True)
+    pruned, step, _ = prune(m, dataset(samples(8, seed=7)), ratio=0.25, round_to=4, allocation="sensitivity")
+    assert kept(pruned, "w0") == 12 and kept(pruned, "w1") == 16 and kept(pruned, "wg") == 16
+    (warning,) = pruning_warnings(m, dataset(samples(8, seed=7)), ratio=0.25, round_to=4)
+    assert "left 2 group(s) whole" in warning and "4 channels per conv group" in warning and "round_to=4" in warning

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from .config import PruneChannelsConfig, Scope
 from .groups import Group
-from .select import achievable_ratio, eligible_groups, global_ratios, matches
+from .select import achievable_ratio, eligible_groups, global_ratios, matches, row_min_channels, row_units
 from .sensitivity import GRID, Curve
 
 logger = logging.getLogger(__name__)
@@ -47,8 +47,11 @@ class Allocator:
         self.curves = dict(curves or {})
         self.unit_costs = dict(unit_costs or {})
         eligible = set(eligible_groups(groups, config.skip))
+        self._sizes = {g.index: len(g.units) for g in self.groups}
+        self._by_index = {g.index: g for g in self.groups}
         self.fixed: dict[int, float] = {}
         self.free: dict[int, float] = {}
+        self.whole: list[int] = []  # free groups round_to / min_channels leave nothing to remove
         for group in self.groups:
             if group.index not in eligible:
                 continue
@@ -57,9 +60,10 @@ class Allocator:
             )
             if override is not None:
                 self.fixed[group.index] = min(override, config.max_ratio)
-            else:
+            elif self.snap(group.index, config.max_ratio) > 0:
                 self.free[group.index] = config.max_ratio
-        self._sizes = {g.index: len(g.units) for g in self.groups}
+            else:  # its units must not count in the level, or the other groups would lose them instead
+                self.whole.append(group.index)
 
     @property
     def sensitivity_groups(self) -> list[int]:
@@ -73,9 +77,11 @@ class Allocator:
 
     def snap(self, index: int, ratio: float, up: bool = False) -> float:
         """``ratio`` lowered (raised) to one group ``index`` realizes exactly (see :func:`achievable_ratio`)."""
+        group = self._by_index[index]
         return achievable_ratio(
-            self._sizes[index], ratio, round_to=self.config.round_to, min_channels=self.config.min_channels, up=up
-        )
+            row_units(group), ratio, round_to=self.config.round_to,
+            min_channels=row_min_channels(group, self.config.min_channels), up=up,
+        )  # fmt: skip
 
     def grid(self, group: Group) -> list[float]:
         """Distinct realizable ratios near :data:`GRID` (up to ``max_ratio``) to measure ``group`` at."""

@@ -35,7 +35,7 @@ from .obs import collect_layer_stats, compensated_arrays, obs_ranking
 from .plan import build_plan, load_plan, removed_units
 from .reconstruct import compensate_bias, find_sinks, refit_layers
 from .rewrite import apply_removal
-from .select import eligible_groups, kept_count, select_units
+from .select import eligible_groups, removed_count, row_units, select_units
 from .sensitivity import load_curves, sweep
 from .shapes import concrete_shapes
 from .stats import collect_stats
@@ -80,6 +80,8 @@ def prune_channels(graph: gs.Graph, ctx: PassContext, config: PruneChannelsConfi
             ctx.warn(_nothing_removed(setup, config))
         ctx.artifacts[ARTIFACT] = _artifact(setup, plan, extra)
         return PassResult(graph, False, summary)
+    if extra.get("whole_groups"):
+        ctx.warn(_whole_groups(setup, config, extra["whole_groups"]))
     if setup.data is None and not config.plan:  # a plan chose the channels itself
         ctx.warn(
             "prune-channels had no calibration data: channels were ranked by weight magnitude and nothing was "
@@ -143,8 +145,7 @@ def _choose(setup: _Setup, config: PruneChannelsConfig, ctx: PassContext, scores
     allocator = Allocator(groups, scores, config)
 
     def removed_at(group: Group, ratio: float) -> int:
-        units = len(group.units)
-        return units - kept_count(units, ratio, round_to=config.round_to, min_channels=config.min_channels)
+        return removed_count(group, ratio, round_to=config.round_to, min_channels=config.min_channels)
 
     compensated = None
     if setup.criterion is Criterion.OBS:
@@ -176,6 +177,8 @@ def _choose(setup: _Setup, config: PruneChannelsConfig, ctx: PassContext, scores
     # A compute budget is best spent where deviation per MAC saved is lowest (a channel ratio: per channel).
     costs = macs_per_unit(deps, groups, base, allocator.sensitivity_groups) if curves and compute_budget else None
     allocator = Allocator(groups, scores, config, curves=curves, unit_costs=costs)  # curves only with sensitivity
+    if allocator.whole:
+        extra["whole_groups"] = [g.name for g in groups if g.index in allocator.whole]
     protected = protected_sets(deps)
 
     def choose(level: float) -> set[int]:
@@ -245,6 +248,17 @@ def _nothing_removed(setup: _Setup, config: PruneChannelsConfig) -> str:
     return (
         f"prune-channels removed nothing from {len(prunable)} prunable group(s): each keeps a multiple of "
         f"round_to={config.round_to} and at least min_channels={config.min_channels}; ask for more pruning or lower round_to"
+    )
+
+
+def _whole_groups(setup: _Setup, config: PruneChannelsConfig, names: list[str]) -> str:
+    """Why some groups kept every channel, in one line."""
+    group = next(g for g in setup.groups if g.name == names[0])
+    unit = f"{row_units(group)} channels per conv group" if group.partition else f"{len(group.units)} units"
+    return (
+        f"prune-channels left {len(names)} group(s) whole, e.g. {group.name} ({unit}): round_to={config.round_to} "
+        "and min_channels leave them nothing to remove; a lower round_to prunes them, but onnxruntime runs "
+        "channel counts off its block size (8 or 16) more slowly"
     )
 
 

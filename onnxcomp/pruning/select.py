@@ -4,7 +4,9 @@ Within a group the lowest-scoring units go first. A group's kept count is
 ``round((1 - ratio) * units)``, then rounded to a multiple of ``round_to``
 (fast kernels like channel counts that are multiples of 8) and never below
 ``min_channels``. Grouped convolutions remove the same number of units from
-every partition row. Sets recorded as protected (the channels behind a Slice
+every partition row (one conv group), and ``round_to`` applies to the count
+each row keeps: onnxruntime's blocked (NCHWc) kernels run a grouped conv only
+when the channels per group are a multiple of the block. Sets recorded as protected (the channels behind a Slice
 or Split output) always keep at least one unit, so no tensor becomes empty.
 
 With *global* scope, scores are divided by their group's mean so that groups
@@ -29,6 +31,25 @@ def kept_count(units: int, ratio: float, *, round_to: int = 1, min_channels: int
     if round_to > 1 and units >= round_to:
         keep = min(units, max(round_to, int(round(keep / round_to)) * round_to))
     return int(min(units, max(keep, min_channels, 1)))
+
+
+def row_units(group: Group) -> int:
+    """The units a ratio and ``round_to`` count in: one partition row for a
+    group split by grouped convs, else the whole group."""
+    return len(group.partition[0]) if group.partition else len(group.units)
+
+
+def row_min_channels(group: Group, min_channels: int) -> int:
+    """``min_channels`` spread over a group's partition rows."""
+    return max(1, -(-min_channels // len(group.partition))) if group.partition else min_channels
+
+
+def removed_count(group: Group, ratio: float, *, round_to: int = 1, min_channels: int = 1) -> int:
+    """Units :func:`select_units` removes from ``group`` at ``ratio``."""
+    rows = len(group.partition) if group.partition else 1
+    per_row = row_units(group)
+    keep = kept_count(per_row, ratio, round_to=round_to, min_channels=row_min_channels(group, min_channels))
+    return rows * (per_row - keep)
 
 
 def _removals(units: int, round_to: int, min_channels: int) -> list[int]:
@@ -70,27 +91,14 @@ def select_units(
         ratio = float(ratios.get(group.index, 0.0))
         if ratio <= 0 or not group.prunable:
             continue
-        if group.partition is not None:
-            removed |= _select_partitioned(group, scores, ratio, min_channels)
-            continue
-        keep = kept_count(len(group.units), ratio, round_to=round_to, min_channels=min_channels)
-        order = sorted(group.units, key=lambda r: (scores.get(r, 0.0), r))
-        removed.update(order[: len(group.units) - keep])
+        rows = group.partition or [group.units]
+        drop = removed_count(group, ratio, round_to=round_to, min_channels=min_channels) // len(rows)
+        for row in rows:  # the lowest-scoring units of each row
+            removed.update(sorted(row, key=lambda r: (scores.get(r, 0.0), r))[:drop])
     for units in protected:
         if units and units <= removed:
             removed.discard(max(units, key=lambda r: (scores.get(r, 0.0), r)))
     return removed
-
-
-def _select_partitioned(group: Group, scores: Mapping[int, float], ratio: float, min_channels: int) -> set[int]:
-    rows = group.partition or []
-    per_row = len(rows[0])
-    keep = kept_count(per_row, ratio, min_channels=max(1, -(-min_channels // len(rows))))
-    out: set[int] = set()
-    for row in rows:
-        order = sorted(row, key=lambda r: (scores.get(r, 0.0), r))
-        out.update(order[: per_row - keep])
-    return out
 
 
 def matches(group: Group, patterns: Iterable[str]) -> str | None:
