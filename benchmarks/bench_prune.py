@@ -132,11 +132,24 @@ def _agreement(ref: np.ndarray, out: np.ndarray) -> dict:
     return {"top1_confident": float(same[confident].mean()), "top1_all": float(same.mean()), "kl": float(kl.mean())}
 
 
+def _meta_prune(model, example, ratio: float, *, head, round_to: int) -> str:
+    """Torch-Pruning's MetaPruner in place (group L2 magnitude, ``ratio`` per layer, ``head`` kept, no
+    fine-tuning); returns its name and version."""
+    import torch_pruning as tp
+
+    pruner = tp.pruner.MetaPruner(
+        model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=ratio, ignored_layers=[head], round_to=round_to,
+    )  # fmt: skip
+    pruner.step()
+    return f"torch-pruning {tp.__version__}"
+
+
 def _torch_pruning(ratio: float, workdir: Path) -> tuple[onnx.ModelProto | None, str, float]:
-    """Torch-Pruning's MetaPruner on the PyTorch EfficientNet-Lite1, exported to ONNX and cleaned."""
+    """Torch-Pruning on the PyTorch EfficientNet-Lite1, exported to ONNX and cleaned."""
     try:
         import torch
-        import torch_pruning as tp
+        import torch_pruning  # noqa: F401 - reported as not installed below
     except ImportError as err:
         return None, f"not installed ({err})", 0.0
     from benchmarks.assets.models import _efficientnet_lite1_torch
@@ -144,18 +157,14 @@ def _torch_pruning(ratio: float, workdir: Path) -> tuple[onnx.ModelProto | None,
     start = time.perf_counter()
     model = _efficientnet_lite1_torch()
     example = torch.zeros(1, 3, 240, 240)
-    pruner = tp.pruner.MetaPruner(
-        model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
-        pruning_ratio=ratio, ignored_layers=[model._fc], round_to=16,
-    )  # fmt: skip
-    pruner.step()
+    name = _meta_prune(model, example, ratio, head=model._fc, round_to=16)
     path = workdir / "torch_pruning.onnx"
     with torch.no_grad():
         torch.onnx.export(
             model.eval(), (example,), str(path), input_names=["input"], output_names=["logits"],
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False,
         )  # fmt: skip
-    return _cleaned(path, {"input": example.numpy()}), f"torch-pruning {tp.__version__}", time.perf_counter() - start
+    return _cleaned(path, {"input": example.numpy()}), name, time.perf_counter() - start
 
 
 def cnn_section(args, workdir: Path) -> dict:
@@ -441,23 +450,19 @@ def _digits_resnext():
 
 
 def _torch_pruning_digits(model, ratio: float, path: Path) -> tuple[onnx.ModelProto | None, str]:
-    """Torch-Pruning's MetaPruner (group L2, ``ratio`` per layer, no fine-tuning) on a copy of ``model``."""
+    """Torch-Pruning on a copy of the digits ResNeXt, exported to ONNX and cleaned."""
     import copy
 
     try:
         import torch
-        import torch_pruning as tp
+        import torch_pruning  # noqa: F401 - reported as not installed below
     except ImportError as err:
         return None, f"not installed ({err})"
     from benchmarks.bench_distill import export_onnx
 
     model = copy.deepcopy(model).eval()
-    pruner = tp.pruner.MetaPruner(
-        model, torch.zeros(1, 1, 8, 8), importance=tp.importance.GroupMagnitudeImportance(p=2),
-        pruning_ratio=ratio, ignored_layers=[model[-1]], round_to=8,
-    )  # fmt: skip
-    pruner.step()
-    return _cleaned(export_onnx(model, path), {"x": np.zeros((1, 1, 8, 8), np.float32)}), f"torch-pruning {tp.__version__}"
+    name = _meta_prune(model, torch.zeros(1, 1, 8, 8), ratio, head=model[-1], round_to=8)
+    return _cleaned(export_onnx(model, path), {"x": np.zeros((1, 1, 8, 8), np.float32)}), name
 
 
 def grouped_section(args, workdir: Path) -> dict:

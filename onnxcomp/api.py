@@ -124,7 +124,7 @@ def optimize(
         result = manager.run(original, ctx)
         optimized = result.model
         if verify_data is None and calib is not None and calib.passes:
-            ctx.warnings.append(
+            ctx.warn(
                 "verified on the calibration data the passes fitted to (in-sample); "
                 "give --verify-data HELD_OUT for errors on unseen inputs"
             )

@@ -179,7 +179,6 @@ class SpooledDataset(Dataset):
             raise DataError(f"{self.description}: sample {index} is a {type(sample).__name__}, expected a dict")
         arrays = {str(k): np.asarray(v) for k, v in sample.items()}
         _refuse_objects(arrays, f"{self.description}: sample {index}")
-        self._folder.mkdir(parents=True, exist_ok=True)
         np.savez(self._folder / f"{index:08d}.npz", **arrays)
         self._written += 1
         return arrays

@@ -1,4 +1,4 @@
-"""The weight columns through which layers read their input channels.
+"""The slabs of layer weights that belong to each channel: filters and columns.
 
 A plain consuming layer (Conv with ``group == 1``, Gemm, MatMul: a ``SINK``
 slice) reads input position ``i`` through the slab ``W[..., i, ...]`` along one
@@ -8,7 +8,9 @@ axis of its weight. A grouped Conv (``1 < group < C_in``) reads input position
 
 Both kinds are seen here as one matrix with a row per input position, so the
 criteria (magnitude, contribution) and the sensitivity sweep (which zeroes the
-columns of removed channels) treat every consumer alike. Without the grouped
+columns of removed channels) treat every consumer alike; the filters that
+produce channels (a grouped conv's included) are seen the same way, one row
+per output channel, for magnitude scores and reconstruction. Without the grouped
 form, channels read only by grouped convs (ResNeXt, RegNet and ShuffleNet
 bottlenecks) looked free to remove: masking changed nothing and the sweep
 measured no deviation.
@@ -27,12 +29,13 @@ from .members import Role
 
 
 @dataclasses.dataclass(eq=False)
-class Columns:
-    """Layer ``node`` reads input position ``p`` (channel ``ids[p]``) through
-    column ``p`` of its weight ``node.inputs[1]``.
+class Slabs:
+    """Position ``p`` along ``axis`` of ``node``'s weight ``node.inputs[1]``
+    belongs to channel ``ids[p]``: a filter it produces, or a column through
+    which it is read.
 
-    ``axis`` is the weight axis of the input positions; ``group`` > 1 marks a
-    grouped conv (weight ``[C_out, C_in/group, *kernel]``, ``axis`` 1).
+    ``group`` > 1 marks a grouped conv's input columns (weight
+    ``[C_out, C_in/group, *kernel]``, ``axis`` 1, positions ``p`` over C_in).
     """
 
     node: gs.Node
@@ -48,7 +51,7 @@ class Columns:
         return np.asarray(constant_value(self.tensor))
 
     def matrix(self, weight: np.ndarray | None = None) -> np.ndarray:
-        """One row per input position: the weights that read it, flattened."""
+        """One row per position: the weights of its slab, flattened."""
         weight = self.weight() if weight is None else weight
         if self.group == 1:
             return np.moveaxis(weight, self.axis, 0).reshape(weight.shape[self.axis], -1)
@@ -66,16 +69,22 @@ class Columns:
         return out
 
 
-def consumer_columns(deps: Dependencies) -> list[Columns]:
+def slices_of(deps: Dependencies, role: Role) -> list[Slabs]:
+    """The 1-D weight slices of ``role`` (all weights are input 1 of their layer)."""
+    return [Slabs(r.node, r.ids, r.axes[0]) for r in deps.records.slices if r.role is role and r.ids.ndim == 1]
+
+
+def consumer_columns(deps: Dependencies) -> list[Slabs]:
     """Every layer that reads tracked channels through a weight, plain or grouped."""
-    out = [
-        Columns(r.node, r.ids, r.axes[0])
-        for r in deps.records.slices
-        if r.role is Role.SINK and r.ids.ndim == 1
-    ]
+    out = slices_of(deps, Role.SINK)
     out.extend(
-        Columns(r.node, r.in_ids, 1, r.group)
+        Slabs(r.node, r.in_ids, 1, r.group)
         for r in deps.records.grouped_convs
         if r.in_ids is not None and constant_value(r.node.inputs[1]) is not None
     )
     return out
+
+
+def producer_filters(deps: Dependencies) -> list[Slabs]:
+    """Every layer that creates tracked channels, one filter per channel (grouped convs included)."""
+    return slices_of(deps, Role.SOURCE) + [Slabs(r.node, r.out_ids, 0) for r in deps.records.grouped_convs]

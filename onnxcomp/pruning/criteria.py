@@ -41,7 +41,7 @@ import numpy as np
 
 from ..graph import constant_value
 from .analysis import Dependencies
-from .columns import consumer_columns
+from .columns import consumer_columns, producer_filters, slices_of
 from .groups import Group
 from .members import Role
 from .stats import ChannelStats
@@ -107,15 +107,8 @@ def _weight_slabs(deps: Dependencies) -> Iterator[tuple[np.ndarray, np.ndarray]]
     """(channel ids, one row of weights per id) for every weight slab a channel owns:
     filters it is produced by, columns it is read through, depthwise filters;
     grouped convs included (their filters, and each input's columns within its group)."""
-    for record in deps.records.slices:
-        if record.role in (Role.SOURCE, Role.DEPTHWISE) and record.ids.ndim == 1:
-            weight = np.asarray(constant_value(record.tensor))
-            yield record.ids, np.moveaxis(weight, record.axes[0], 0).reshape(weight.shape[record.axes[0]], -1)
-    for grouped in deps.records.grouped_convs:
-        weight = np.asarray(constant_value(grouped.node.inputs[1]))
-        yield grouped.out_ids, weight.reshape(weight.shape[0], -1)
-    for columns in consumer_columns(deps):
-        yield columns.ids, columns.matrix()
+    for slabs in (*producer_filters(deps), *slices_of(deps, Role.DEPTHWISE), *consumer_columns(deps)):
+        yield slabs.ids, slabs.matrix()
 
 
 def magnitude(deps: Dependencies, p: int) -> np.ndarray:

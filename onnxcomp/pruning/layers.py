@@ -59,7 +59,7 @@ def layer_kind(node: gs.Node) -> str | None:
     weight = constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
     if weight is None or weight.dtype.kind != "f":
         return None
-    if is_onnx_op(node, "Conv") and weight.ndim == 4 and weight.shape[0] % int(attr(node, "group", 1)) == 0:
+    if is_onnx_op(node, "Conv") and weight.ndim == 4:
         if attr(node, "auto_pad", "NOTSET") in ("NOTSET", b"NOTSET"):
             return "conv"
     if is_onnx_op(node, "Gemm") and weight.ndim == 2 and not attr(node, "transA", 0):

@@ -45,7 +45,7 @@ from ..graph import Namer, constant_value, is_onnx_op
 from ..progress import ProgressFactory, null_progress
 from ..runtime import OptLevel, create_session
 from .analysis import Dependencies
-from .columns import consumer_columns
+from .columns import consumer_columns, producer_filters
 from .layers import (
     LinearView,
     RowSampler,
@@ -57,7 +57,7 @@ from .layers import (
     read_layer,
     write_layer,
 )
-from .members import Removal, Role
+from .members import Removal
 from .stats import ChannelStats
 from .truncate import truncated_model
 
@@ -85,8 +85,7 @@ class Sink:
 
 def find_sinks(deps: Dependencies, removal: Removal, stats: dict[str, ChannelStats] | None) -> list[Sink]:
     """Refittable layers losing input channels, in graph order (call before the rewrite)."""
-    out_ids = {id(r.node): r.ids for r in deps.records.slices if r.role is Role.SOURCE and r.ids.ndim == 1}
-    out_ids.update((id(g.node), g.out_ids) for g in deps.records.grouped_convs)
+    out_ids = {id(f.node): f.ids for f in producer_filters(deps)}
     means = {}
     for obs in deps.records.observations:
         if stats and obs.name in stats:
@@ -185,13 +184,14 @@ class _Moments:
         mx, my = self.sx / n, self.sy / n
         cov_xx = self.sxx / n - np.outer(mx, mx)
         cov_xy = self.sxy / n - np.outer(mx, my)
-        fit = np.zeros_like(start.matrix.T)
-        outs = np.array_split(np.arange(fit.shape[1]), groups)
-        for ins, outs_k in zip(np.array_split(np.arange(fit.shape[0]), groups), outs):
+        fit = np.zeros_like(start.matrix.T)  # [features, outputs]
+        in_blocks = np.array_split(np.arange(fit.shape[0]), groups)
+        out_blocks = np.array_split(np.arange(fit.shape[1]), groups)
+        for ins, outs in zip(in_blocks, out_blocks):
             block = cov_xx[np.ix_(ins, ins)]
             lam = ridge * max(float(np.trace(block)) / ins.size, 1e-12)
-            rhs = cov_xy[np.ix_(ins, outs_k)] + lam * start.matrix[np.ix_(outs_k, ins)].T
-            fit[np.ix_(ins, outs_k)] = np.linalg.solve(block + lam * np.eye(ins.size), rhs)
+            rhs = cov_xy[np.ix_(ins, outs)] + lam * start.matrix[np.ix_(outs, ins)].T
+            fit[np.ix_(ins, outs)] = np.linalg.solve(block + lam * np.eye(ins.size), rhs)
         return LinearView(fit.T, my - mx @ fit)
 
 
