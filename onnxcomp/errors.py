@@ -64,6 +64,16 @@ class VerificationError(OnnxcompError):
     exit_code = 3
 
 
+class TrainingError(OnnxcompError):
+    """Training on the graph failed.
+
+    An op the executor does not implement, a graph it cannot evaluate, a
+    fine-tune that diverged, or a trained graph that disagrees with onnxruntime.
+    """
+
+    exit_code = 1
+
+
 #: What the CLI says when a run is interrupted before writing anything.
 INTERRUPTED = "interrupted; nothing was written"
 
