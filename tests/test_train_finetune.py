@@ -172,3 +172,30 @@ def test_time_budget_and_thread_setting_restored():
     trained, report = finetune(conv_net(perturbed(weights)), conv_net(weights), samples(16, seed=10), minutes=0.002, batch_size=4, threads=1)
     assert report.stopped == "time" and report.steps >= 1 and report.heldout_before is None
     assert torch.get_num_threads() == threads
+
+
+@pytest.mark.slow
+def test_finetune_ppocr_cls_weights_in_constant_nodes():
+    """PP-OCRv5 cls with its conv weights perturbed by 10 % of their spread, on rendered text lines.
+
+    The weights live in Constant nodes (paddle2onnx), which train by default when the graph has no
+    trainable initializer. Measured: held-out KL 0.150 -> 0.026 in 10 steps (5 s, one thread).
+    """
+    from benchmarks.assets.models import ppocr_model
+    from benchmarks.assets.ocr import cls_preprocess, render_line
+
+    teacher = onnx.load(str(ppocr_model("cls")))
+    student = onnx.ModelProto()
+    student.CopyFrom(teacher)
+    rng = np.random.default_rng(0)
+    for node in student.graph.node:
+        value = node.attribute[0].t if node.op_type == "Constant" else None
+        if value is not None and value.data_type == onnx.TensorProto.FLOAT and len(value.dims) == 4:
+            w = onnx.numpy_helper.to_array(value)
+            value.CopyFrom(onnx.numpy_helper.from_array((w + rng.normal(0, 0.1 * w.std(), w.shape)).astype(np.float32), value.name))
+    lines = [{"x": cls_preprocess(render_line(f"line {i} of text, ABC {i * 37}", seed=i))} for i in range(96)]
+    trained, report = finetune(student, teacher, lines[:80], heldout=lines[80:], epochs=2, lr=1e-4, batch_size=16, threads=1)
+    assert report.losses == {"softmax_0.tmp_0": "kl"} and report.trained_tensors > 100
+    assert report.heldout_after < report.heldout_before / 3, report.summary()
+    assert report.agreement.ok
+    assert [n.name for n in trained.graph.node] == [n.name for n in student.graph.node]

@@ -155,11 +155,11 @@ def finetune(
         TrainingError: An unsupported op, a diverging loss, outputs that cannot
             be paired, or a trained graph onnxruntime evaluates differently.
     """
-    _check_options(epochs, steps, minutes, lr, batch_size, temperature, loss, patience, shuffle_buffer)
-    if threads is not None and threads <= 0:
-        raise UsageError(f"threads must be positive, got {threads}")
+    _check_options(epochs, steps, minutes, lr, batch_size, temperature, loss, patience, shuffle_buffer, threads)
     if epochs is None and steps is None and minutes is None:
         epochs = 1
+    if eval_every is None and epochs is None and steps is not None:
+        eval_every = max(1, steps // 10)
     with _torch_threads(threads):
         start = time.perf_counter()
         module = _student_module(student, trainable, train_constants)
@@ -167,80 +167,102 @@ def finetune(
         specs = input_specs(student)
         train_data = open_data(data, specs)
         held_data = open_data(heldout, specs) if heldout is not None else None
-        concat = _dynamic_batch(student) and _dynamic_batch(teacher)
-        pairs = _pair_outputs(module, session)
-        objective = _Objective(pairs, loss, temperature, _softmax_outputs(student))
-        report = FinetuneReport(batching="concat" if concat else "accumulate")
-        params = [p for _, p in module.named_weights()]
-        report.trained_tensors, report.trained_elements = len(params), sum(p.numel() for p in params)
-
-        batcher = _Batcher(session, batch_size, concat)
+        batcher = _Batcher(session, batch_size, concat=_dynamic_batch(student) and _dynamic_batch(teacher))
+        objective = _Objective(_pair_outputs(module, session), loss, temperature, _softmax_outputs(student))
         objective.calibrate([_teacher(session, feed) for feed, _ in batcher.chunks(_take(train_data, batch_size))])
-        report.losses = dict(objective.kinds)
-        if held_data is not None:
-            report.heldout_before = report.heldout_after = _evaluate(module, objective, batcher, held_data)
-            report.best_step = 0
-            logger.info("held-out loss before fine-tuning: %.6g", report.heldout_before)
-        if eval_every is None and epochs is None and steps is not None:
-            eval_every = max(1, steps // 10)
+        trainer = _Trainer(module, objective, batcher, held_data, patience, torch.optim.Adam, lr)
 
-        optimizer = torch.optim.Adam(params, lr=lr)
         rng = np.random.default_rng(seed)
-        best = _snapshot(module)
-        curve: list[float] = []
-        bad_evaluations = 0
         deadline = start + minutes * 60 if minutes is not None else math.inf
         bar = progress(steps, "fine-tune", "step")
-        module.train()
         try:
-            while epochs is None or report.epochs < epochs:
-                seen_in_epoch = 0
-                for batch in _batches(_shuffled(train_data, shuffle_buffer, rng), batch_size):
-                    value = _step(module, objective, batcher, optimizer, batch)
-                    if not math.isfinite(value):
-                        raise TrainingError(f"the loss is not finite at step {report.steps + 1} (lower the learning rate, now {lr:g})")
-                    report.steps += 1
-                    report.samples += sum(_count(s) for s in batch)
-                    seen_in_epoch += len(batch)
-                    curve.append(value)
-                    bar.update(1)
-                    stop = _stop_reason(report.steps, steps, deadline)
-                    if eval_every and held_data is not None and report.steps % eval_every == 0:
-                        improved = _evaluate_and_keep(module, objective, batcher, held_data, report, best)
-                        bad_evaluations = 0 if improved else bad_evaluations + 1
-                        if bad_evaluations >= patience:
-                            stop = "early stopping"
-                    if stop:
-                        report.stopped = stop
-                        break
-                else:
-                    if not seen_in_epoch:
-                        raise DataError(f"{train_data.description}: contains no samples")
-                    report.epochs += 1
-                    if held_data is not None and not eval_every:
-                        improved = _evaluate_and_keep(module, objective, batcher, held_data, report, best)
-                        bad_evaluations = 0 if improved else bad_evaluations + 1
-                        if bad_evaluations >= patience:
-                            report.stopped = "early stopping"
-                            break
-                    continue
-                break
+            while epochs is None or trainer.report.epochs < epochs:
+                stop = trainer.epoch(_shuffled(train_data, shuffle_buffer, rng), steps, deadline, eval_every, bar)
+                if trainer.report.samples == 0:
+                    raise DataError(f"{train_data.description}: contains no samples")
+                if stop:
+                    trainer.report.stopped = stop
+                    break
         finally:
             bar.close()
-            module.eval()
-        if held_data is not None and report.steps and report.evaluated_at != report.steps:
-            _evaluate_and_keep(module, objective, batcher, held_data, report, best)
-        if held_data is not None:
-            _restore(module, best)
-        report.loss_curve = curve[:: max(1, math.ceil(len(curve) / 200))]
-        if curve:
-            report.loss_first, report.loss_last = curve[0], float(np.mean(curve[-max(1, len(curve) // 20):]))
+        report = trainer.finish()
         trained = write_back(student, module)
         if check:
             report.agreement = check_agreement(trained, _take(held_data or train_data, 4))
         report.seconds = time.perf_counter() - start
         logger.info("%s", report.summary())
         return trained, report
+
+
+class _Trainer:
+    """The training loop's state: optimizer steps, held-out evaluations, the best weights so far."""
+
+    def __init__(self, module: GraphModule, objective: _Objective, batcher: _Batcher, heldout: Dataset | None,
+                 patience: int, optimizer, lr: float):
+        self.module, self.objective, self.batcher, self.heldout, self.patience = module, objective, batcher, heldout, patience
+        params = [p for _, p in module.named_weights()]
+        self.optimizer = optimizer(params, lr=lr)
+        self.lr = lr
+        self.report = FinetuneReport(batching="concat" if batcher.concat else "accumulate", losses=dict(objective.kinds),
+                                     trained_tensors=len(params), trained_elements=sum(p.numel() for p in params))
+        self.curve: list[float] = []
+        self.best = _snapshot(module)
+        self.bad_evaluations = 0
+        if heldout is not None:
+            report = self.report
+            report.heldout_before = report.heldout_after = _evaluate(module, objective, batcher, heldout)
+            report.best_step = report.evaluated_at = 0
+            logger.info("held-out loss before fine-tuning: %.6g", report.heldout_before)
+
+    def epoch(self, samples: Iterator[Feed], steps: int | None, deadline: float, eval_every: int | None, bar) -> str | None:
+        """One pass over the data; returns why training must stop, or None to go on."""
+        report = self.report
+        for batch in _batches(samples, self.batcher.batch_size):
+            value = _step(self.module, self.objective, self.batcher, self.optimizer, batch)
+            if not math.isfinite(value):
+                raise TrainingError(f"the loss is not finite at step {report.steps + 1} (lower the learning rate, now {self.lr:g})")
+            report.steps += 1
+            report.samples += sum(_count(s) for s in batch)
+            self.curve.append(value)
+            bar.update(1)
+            if eval_every and report.steps % eval_every == 0 and self.evaluate():
+                return "early stopping"
+            stop = _stop_reason(report.steps, steps, deadline)
+            if stop:
+                return stop
+        report.epochs += 1
+        if not eval_every and self.evaluate():
+            return "early stopping"
+        return None
+
+    def evaluate(self) -> bool:
+        """Held-out loss now; keeps the weights if they are the best so far. Returns whether to stop early."""
+        if self.heldout is None:
+            return False
+        report = self.report
+        value = _evaluate(self.module, self.objective, self.batcher, self.heldout)
+        report.evaluated_at = report.steps
+        logger.info("step %d: held-out loss %.6g", report.steps, value)
+        if value < report.heldout_after:
+            report.heldout_after, report.best_step = value, report.steps
+            self.best = _snapshot(self.module)
+            self.bad_evaluations = 0
+        else:
+            self.bad_evaluations += 1
+        return self.bad_evaluations >= self.patience
+
+    def finish(self) -> FinetuneReport:
+        """Evaluate the last weights if not done yet, keep the best, summarize the loss curve."""
+        report = self.report
+        if self.heldout is not None:
+            if report.steps and report.evaluated_at != report.steps:
+                self.evaluate()
+            _restore(self.module, self.best)
+        curve = self.curve
+        report.loss_curve = curve[:: max(1, math.ceil(len(curve) / 200))]
+        if curve:
+            report.loss_first, report.loss_last = curve[0], float(np.mean(curve[-max(1, len(curve) // 20):]))
+        return report
 
 
 @contextlib.contextmanager
@@ -254,8 +276,8 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _check_options(epochs, steps, minutes, lr, batch_size, temperature, loss, patience, shuffle_buffer) -> None:
-    for name, value in (("epochs", epochs), ("steps", steps), ("minutes", minutes)):
+def _check_options(epochs, steps, minutes, lr, batch_size, temperature, loss, patience, shuffle_buffer, threads) -> None:
+    for name, value in (("epochs", epochs), ("steps", steps), ("minutes", minutes), ("threads", threads)):
         if value is not None and value <= 0:
             raise UsageError(f"{name} must be positive, got {value}")
     for name, value in (("lr", lr), ("batch_size", batch_size), ("temperature", temperature),
@@ -293,13 +315,17 @@ def _pair_outputs(module: GraphModule, session) -> list[tuple[str, str]]:
 
 def _softmax_outputs(model: onnx.ModelProto) -> dict[str, str]:
     """Graph outputs made by a Softmax / LogSoftmax over the last axis: name -> op type."""
-    outputs = {o.name for o in model.graph.output}
+    ranks = {o.name: len(o.type.tensor_type.shape.dim) if o.type.tensor_type.HasField("shape") else None for o in model.graph.output}
     found = {}
     for node in model.graph.node:
-        if node.op_type in ("Softmax", "LogSoftmax") and node.output[0] in outputs:
-            axis = next((a.i for a in node.attribute if a.name == "axis"), None)
-            if axis == -1 or axis is None and _opset(model) >= 13:
-                found[node.output[0]] = node.op_type
+        if node.op_type not in ("Softmax", "LogSoftmax") or node.output[0] not in ranks:
+            continue
+        rank = ranks[node.output[0]]
+        axis = next((a.i for a in node.attribute if a.name == "axis"), None)
+        if axis is None:  # the default: the last axis from opset 13, axis 1 before
+            axis = -1 if _opset(model) >= 13 else 1
+        if axis == -1 or rank is not None and axis == rank - 1:
+            found[node.output[0]] = node.op_type
     return found
 
 
@@ -412,18 +438,6 @@ def _evaluate(module, objective, batcher, data: Dataset) -> float:
     if not count:
         raise DataError("the held-out data contains no samples")
     return weighted / count
-
-
-def _evaluate_and_keep(module, objective, batcher, data, report: FinetuneReport, best: dict) -> bool:
-    """Evaluate; keep the weights if they are the best so far. Returns whether they improved."""
-    value = _evaluate(module, objective, batcher, data)
-    report.evaluated_at = report.steps
-    logger.info("step %d: held-out loss %.6g", report.steps, value)
-    if report.heldout_after is None or value < report.heldout_after:
-        report.heldout_after, report.best_step = value, report.steps
-        best.update(_snapshot(module))
-        return True
-    return False
 
 
 def _snapshot(module: GraphModule) -> dict[str, torch.Tensor]:
