@@ -130,7 +130,6 @@ class GraphModule(nn.Module):
         self._keys: dict[str, str] = {}  # ONNX name -> parameter or buffer key
         self._dtypes: dict[str, torch.dtype] = {}  # trained in float32, used in this dtype
         self.quantized: dict[str, QuantizedWeight] = {}
-        self.constant_nodes: dict[str, onnx.NodeProto] = {}
         if trainable is None:
             allowed: Callable[[str], bool] = lambda name: True  # noqa: E731
         elif callable(trainable):
@@ -157,7 +156,6 @@ class GraphModule(nn.Module):
         for proto in nodes:
             if proto.op_type == "Constant":
                 values[proto.output[0]] = constant_value(proto)
-                self.constant_nodes[proto.output[0]] = proto
                 if train_constants:
                     candidates.add(proto.output[0])
         graph_inputs = {vi.name for vi in graph.input}
@@ -168,7 +166,7 @@ class GraphModule(nn.Module):
                 name in candidates and name not in fixed and name not in graph_inputs and allowed(name)
                 and (array.dtype in _NP_FLOATS or name in self.quantized) and array.size > 1
             )
-            tensor = torch.from_numpy(np.array(array, copy=True))
+            tensor = _to_torch(name, array)
             key = _key(name)
             self._keys[name] = key
             if not trains:
@@ -274,6 +272,13 @@ class GraphModule(nn.Module):
                 else:
                     out[name] = weight.detach().to(self._dtypes[name]).cpu().numpy()
         return out
+
+
+def _to_torch(name: str, array: np.ndarray) -> torch.Tensor:
+    try:
+        return torch.from_numpy(np.array(array, copy=True))
+    except TypeError as err:  # strings, float8, 4-bit types
+        raise TrainingError(f"tensor '{name}' of type {array.dtype} is not supported by the training executor") from err
 
 
 def _topological(graph: onnx.GraphProto) -> list[onnx.NodeProto]:

@@ -115,7 +115,7 @@ def finetune(
     heldout: Any = None,
     eval_every: int | None = None,
     patience: int = 3,
-    shuffle_buffer: int = 1024,
+    shuffle_buffer: int = 256,
     trainable: Iterable[str] | None = None,
     train_constants: bool | None = None,
     check: bool = True,
