@@ -228,7 +228,7 @@ class GraphModule(nn.Module):
             if name not in feed:
                 raise TrainingError(f"no value for graph input '{name}'")
             value = feed[name]
-            env[name] = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value))
+            env[name] = value if isinstance(value, torch.Tensor) else _from_numpy(np.asarray(value))
         for index, (node, fn) in enumerate(self._plan):
             args = [None if not n else env[n] if n in env else self._stored(n, node) for n in node.proto.input]
             try:
@@ -272,6 +272,11 @@ class GraphModule(nn.Module):
                 else:
                     out[name] = weight.detach().to(self._dtypes[name]).cpu().numpy()
         return out
+
+
+def _from_numpy(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing the array's memory, or a copy when the array is read-only (torch warns on those)."""
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
 
 
 def _to_torch(name: str, array: np.ndarray) -> torch.Tensor:
