@@ -199,10 +199,11 @@ class NpzDataset(Dataset):
             if not names:
                 raise DataError(f"{self.path}: contains no arrays")
             _check_names(set(names), specs, str(self.path))
+            headers = {name: data.header(name) for name in names}  # shapes and sizes, nothing loaded yet
+            _check_budget(sum(h.nbytes for h in headers.values()), str(self.path))
             counts = {}
             for name in names:
-                arr = data[name]
-                counts[name] = self._sample_count(name, arr)
+                counts[name] = self._sample_count(name, headers[name])
         if len(set(counts.values())) != 1:
             detail = ", ".join(f"{k}: {v}" for k, v in counts.items())
             raise DataError(f"{self.path}: arrays hold different numbers of samples ({detail})")
@@ -210,7 +211,7 @@ class NpzDataset(Dataset):
         if self._count == 0:
             raise DataError(f"{self.path}: contains no samples")
 
-    def _sample_count(self, name: str, arr: np.ndarray) -> int:
+    def _sample_count(self, name: str, arr: np.ndarray | NpyHeader) -> int:
         spec = self._specs[name]
         rank = len(spec.shape) if spec.shape is not None else arr.ndim
         if arr.ndim == rank + 1:
@@ -531,14 +532,38 @@ class _NpzFile:
 
 
 class _SafeNpz:
-    """Access to an NpzFile that reports pickled or corrupt members as DataError."""
+    """Access to an NpzFile that reports pickled or corrupt members as DataError.
+
+    A member is read only after its ``.npy`` header (see :func:`read_npy_header`)
+    and its declared sizes in the zip directory passed the checks of
+    :func:`_check_declared`: a zip bomb or a header declaring more elements
+    than the member holds is refused before anything is allocated.
+    """
 
     def __init__(self, data, path: Path):
         self._data = data
         self._path = path
         self.files = list(data.files)
+        self._headers: dict[str, NpyHeader] = {}
+
+    def header(self, key: str) -> NpyHeader:
+        """Shape, dtype and size of member ``key``, checked, without reading its data."""
+        if key not in self._headers:
+            names = set(self._data.zip.namelist())
+            member = f"{key}.npy" if f"{key}.npy" in names else key
+            where = f"{self._path}: array '{key}'"
+            try:
+                info = self._data.zip.getinfo(member)
+                _check_declared(info.file_size, info.compress_size, where)
+                with self._data.zip.open(member) as stream:
+                    header = read_npy_header(stream, info.file_size, where)
+            except (OSError, zipfile.BadZipFile, EOFError, KeyError, RuntimeError) as err:
+                raise DataError(f"{where} is corrupt ({' '.join(str(err).split())})") from err
+            self._headers[key] = header
+        return self._headers[key]
 
     def __getitem__(self, key: str) -> np.ndarray:
+        _check_budget(self.header(key).nbytes, f"{self._path}: array '{key}'")
         try:
             return self._data[key]
         except ValueError as err:
@@ -552,12 +577,126 @@ def _open_npz(path: Path) -> _NpzFile:
 
 
 def _load_npy(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(f"{path}: not a regular file")
+    try:
+        with open(path, "rb") as stream:
+            header = read_npy_header(stream, path.stat().st_size, str(path))
+    except OSError as err:
+        raise DataError(f"{path}: not a readable .npy file ({err})") from err
+    _check_budget(header.nbytes, str(path))
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as err:
         raise DataError(f"{path}: holds pickled Python objects or is malformed; refused ({err})") from err
     except (OSError, EOFError) as err:
         raise DataError(f"{path}: not a readable .npy file ({err})") from err
+
+
+@dataclasses.dataclass(frozen=True)
+class NpyHeader:
+    """What a ``.npy`` header declares: the array's shape and dtype, and its size in bytes."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        count = 1
+        for d in self.shape:
+            count *= int(d)  # Python ints: a hostile shape cannot overflow
+        return count * self.dtype.itemsize
+
+
+BOMB_RATIO = 200
+"""A zip member that inflates more than this many times (and past :data:`BOMB_MIN_BYTES`)
+is refused as a zip bomb: numeric data, even images, never compresses this well."""
+
+BOMB_MIN_BYTES = 256 << 20
+
+MAX_ARRAY_BYTES: int | None = None
+"""Largest data file or ``.npz`` read into memory at once; None: half the memory available."""
+
+
+def read_npy_header(stream, size: int, where: str) -> NpyHeader:
+    """Read and check the header of the ``.npy`` data in ``stream`` (``size`` bytes long).
+
+    Raises:
+        DataError: Not a .npy array, Python objects (pickles), or a shape
+            that needs more bytes than the stream holds (truncated, or a
+            header declaring 1e14 elements).
+    """
+    from numpy.lib import format as npy_format
+
+    try:
+        version = npy_format.read_magic(stream)
+        read = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+        shape, _fortran, dtype = read(stream)
+        offset = stream.tell()
+    except (ValueError, EOFError, OSError, SyntaxError, TypeError) as err:
+        raise DataError(f"{where}: not a .npy array, or a corrupt one ({' '.join(str(err).split())[:200]})") from err
+    if dtype.hasobject:
+        raise DataError(f"{where}: holds pickled Python objects; refused (only numeric arrays are read)")
+    if any(int(d) < 0 for d in shape):
+        raise DataError(f"{where}: declares a negative dimension (shape {list(shape)}); corrupt file")
+    header = NpyHeader(tuple(int(d) for d in shape), np.dtype(dtype))
+    if header.nbytes > size - offset:
+        raise DataError(
+            f"{where}: declares shape {list(shape)} of {dtype} ({_bytes(header.nbytes)}) but holds only "
+            f"{_bytes(max(size - offset, 0))} of data: truncated or corrupt"
+        )
+    return header
+
+
+def _check_declared(file_size: int, compress_size: int, where: str) -> None:
+    """Refuse a zip member by the sizes its directory entry declares, before inflating it."""
+    if file_size > BOMB_MIN_BYTES and file_size > BOMB_RATIO * max(compress_size, 1):
+        raise DataError(
+            f"{where}: inflates {compress_size:,} bytes into {_bytes(file_size)} (more than {BOMB_RATIO}x): "
+            "refused as a zip bomb; save real data with np.savez or np.savez_compressed"
+        )
+    _check_budget(file_size, where)
+
+
+def _check_budget(nbytes: int, where: str) -> None:
+    budget = data_budget()
+    if nbytes > budget:
+        raise DataError(
+            f"{where}: needs {_bytes(nbytes)} in memory, more than the {_bytes(budget)} allowed "
+            "(half the memory available); split the samples into a folder of per-sample .npz/.npy files"
+        )
+
+
+def data_budget() -> int:
+    """Bytes of data one file may bring into memory (:data:`MAX_ARRAY_BYTES`)."""
+    if MAX_ARRAY_BYTES is not None:
+        return MAX_ARRAY_BYTES
+    return _available_memory() // 2
+
+
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+def _bytes(n: int) -> str:
+    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
 
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"})
@@ -627,6 +766,8 @@ def _reader_iterator(reader: Any) -> Iterator[Feed]:
 def _path_dataset(path: Path, specs: Sequence[InputSpec], image_options: Any) -> Dataset:
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
+    if not path.is_file() and not path.is_dir():
+        raise DataError(f"{path}: not a regular file or a folder (a FIFO or device is never read)")
     if path.is_file():
         if path.suffix.lower() == ".npz":
             return NpzDataset(path, specs)

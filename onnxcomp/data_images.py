@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -99,10 +100,19 @@ class ImageFolderDataset(Dataset):
         from PIL import Image, UnidentifiedImageError
 
         try:
-            with Image.open(path) as image:
-                rgb = image.convert("RGB")
-        except (UnidentifiedImageError, OSError) as err:
-            raise DataError(f"{path}: not a readable image ({err})") from err
+            with warnings.catch_warnings():
+                # Pillow only warns between MAX_IMAGE_PIXELS and twice that: refuse those too
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    rgb = image.convert("RGB")
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise DataError(
+                f"{path}: refused as a decompression bomb ({err}); images above {Image.MAX_IMAGE_PIXELS:,} pixels "
+                "are not read"
+            ) from err
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+            # ValueError: e.g. a text chunk that inflates past Pillow's limit (a zTXt bomb)
+            raise DataError(f"{path}: not a readable image ({' '.join(str(err).split())[:200]})") from err
         pixels = np.asarray(_resize(rgb, self._size, self._options), dtype=np.float32)
         if self._options.channel_order is ChannelOrder.BGR:
             pixels = pixels[..., ::-1]

@@ -10,6 +10,10 @@ Saving is atomic: the model (and its external-data file, for models that do not
 fit in one 2 GiB protobuf) is written to temporary files in the destination
 folder, flushed to disk, then renamed into place, so a crash or an interrupt never
 leaves a half-written output behind, and the in-memory model is left unchanged.
+Temporary files are named ``.<output name>.onnxcomp-<host>-<pid>-<random>.tmp``;
+one left by a run that was killed (``kill -9``, power loss) is removed by the
+next run writing the same output, once its process is gone (see
+:func:`temporary_file`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import socket
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -75,6 +82,8 @@ def load_model(path: str | os.PathLike, *, load_external_data: bool = False) -> 
         raise InputError(f"{path}: cannot read ({err.strerror or err})") from err
     _check_text_fields(model, source=str(path))
     validate_model_proto(model, source=str(path))
+    check_tensor_dims(model, source=str(path))
+    drop_stray_locations(model)
     check_external_data(model, path.parent, source=str(path))
     if uses_external_data(model):
         pin(iter_tensors(model), path.parent)
@@ -110,6 +119,58 @@ def _check_text_fields(model: onnx.ModelProto, *, source: str) -> None:
                     walk(item)
 
     walk(model)
+
+
+def check_tensor_dims(model: onnx.ModelProto, *, source: str = "model") -> None:
+    """Refuse stored tensors with a negative dimension (a corrupt file).
+
+    Such a shape makes every size computed from it negative or wrong, so it is
+    refused before anything allocates, reads or checks by it.
+
+    Raises:
+        InputError: Names the first such tensor and its shape.
+    """
+    for tensor in iter_tensors(model):
+        if any(d < 0 for d in tensor.dims):
+            raise InputError(
+                f"{source}: corrupt model: tensor '{tensor.name}' has a negative dimension (shape {list(tensor.dims)})"
+            )
+
+
+def drop_stray_locations(model: onnx.ModelProto) -> int:
+    """Remove ``external_data`` entries from tensors not marked EXTERNAL; returns how many tensors had some.
+
+    ONNX ignores such entries, and so must every reader here: left in place,
+    code that looks only at the entries (hashing, sizing) would open a path
+    nobody validated (``../../etc/shadow``, ``/dev/zero``).
+    """
+    count = 0
+    for tensor in iter_tensors(model):
+        if tensor.external_data and not is_external(tensor):
+            del tensor.external_data[:]
+            count += 1
+    return count
+
+
+def external_data_files(model: onnx.ModelProto, base_dir: Path, *, source: str = "model") -> list[Path]:
+    """The validated external-data files of ``model`` (resolved, sorted by location, each once).
+
+    Only tensors marked EXTERNAL count (stray ``external_data`` entries on
+    other tensors are ignored), and each location passes
+    :func:`check_external_data` first, so nothing outside ``base_dir`` is named.
+
+    Raises:
+        InputError: As :func:`check_external_data`.
+    """
+    check_external_data(model, base_dir, source=source)
+    base_real = Path(os.path.realpath(base_dir))
+    locations = sorted({external_info(t)["location"] for t in iter_tensors(model) if is_external(t)})
+    files: list[Path] = []
+    for location in locations:
+        resolved = Path(os.path.realpath(base_real / location))
+        if resolved not in files:
+            files.append(resolved)
+    return files
 
 
 def validate_model_proto(model: onnx.ModelProto, *, source: str = "model") -> None:
@@ -288,14 +349,18 @@ def check_external_data(model: onnx.ModelProto, base_dir: Path, *, source: str =
         where = f"{source}: tensor '{tensor.name}' external data '{location}'"
         if not location:
             raise InputError(f"{where}: no location given")
+        if "\0" in location:
+            raise InputError(f"{source}: tensor '{tensor.name}' external data location contains a null byte; corrupt model")
         rel = Path(location)
         if rel.is_absolute() or location.startswith(("/", "\\")) or ".." in rel.parts:
             raise InputError(f"{where}: refused, the location must stay inside the model's folder")
         target = Path(os.path.realpath(base_real / rel))
         if base_real != target and base_real not in target.parents:
             raise InputError(f"{where}: refused, it resolves outside the model's folder")
-        if not target.is_file():
+        if not target.exists():
             raise InputError(f"{where}: file not found next to the model")
+        if not target.is_file():
+            raise InputError(f"{where}: not a regular file (a folder, FIFO or device is never read)")
         if target not in sizes:
             sizes[target] = target.stat().st_size
         try:
@@ -409,13 +474,12 @@ class StagedModel:
 
     def _temp(self, name: str) -> Path:
         try:
-            fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.folder)
-        except OSError as err:
+            temp = temporary_file(self.folder, name)
+        except OutputError:
             self.discard()
-            raise OutputError(f"{self.final}: cannot write in {self.folder} ({err.strerror or err})") from err
-        os.close(fd)
-        self._temps.append(Path(temp))
-        return Path(temp)
+            raise
+        self._temps.append(temp)
+        return temp
 
     def commit(self) -> Path:
         """Move the staged files into place (data first, then the model) and return the path."""
@@ -465,16 +529,94 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.realpath(a) == os.path.realpath(b)
 
 
+_STARTED = time.time()
+"""When this process started using onnxcomp (temp files older than this and named with its pid are stale)."""
+
+TEMP_TAG = "onnxcomp"
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:24] or "host"
+
+
+def temporary_file(folder: Path, name: str) -> Path:
+    """Create an empty hidden temporary file for the output ``name`` in ``folder``.
+
+    Its name, ``.<name>.onnxcomp-<host>-<pid>-<random>.tmp``, says whose it
+    is, so that the stale temporary files of earlier runs writing the same
+    output (killed before they could remove theirs) are removed first; see
+    :func:`remove_stale_temporaries`.
+
+    Raises:
+        OutputError: The folder is missing or not writable.
+    """
+    remove_stale_temporaries(folder, name)
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{name}.{TEMP_TAG}-{_host_tag()}-{os.getpid()}-", suffix=".tmp", dir=folder)
+    except OSError as err:
+        raise OutputError(f"{folder / name}: cannot write in {folder} ({err.strerror or err})") from err
+    os.close(fd)
+    return Path(temp)
+
+
+def remove_stale_temporaries(folder: Path, name: str) -> list[Path]:
+    """Remove temporary files of the output ``name`` (and of ``name.data``) left by dead processes.
+
+    Only files named as :func:`temporary_file` names them, created on this
+    host, owned by this user, whose process no longer runs (or, carrying this
+    process's pid, predate it: an earlier process with the same pid) are
+    removed. Another run writing the same output at the same time keeps its
+    files.
+
+    Returns:
+        The files removed.
+    """
+    pattern = re.compile(
+        rf"^\.{re.escape(name)}(?:\.data)?\.{TEMP_TAG}-{re.escape(_host_tag())}-(\d+)-[A-Za-z0-9_]+\.tmp$"
+    )
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match is None:
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        pid = int(match.group(1))
+        if not entry.is_file(follow_symlinks=False) or info.st_uid != os.getuid():
+            continue
+        if process_alive(pid) and not (pid == os.getpid() and info.st_mtime < _STARTED):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+            logger.info("removed %s, left by an earlier run that was interrupted", entry.path)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (True when it cannot be told)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OverflowError, OSError):
+        return True  # someone else's process, or cannot tell: keep its files
+    return True
+
+
 @contextlib.contextmanager
 def _temporary_sibling(path: Path) -> Iterator[Path]:
     """A temporary file name beside ``path``, removed on exit unless renamed away."""
     folder = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as err:
-        raise OutputError(f"{path}: cannot write in {folder} ({err.strerror or err})") from err
-    os.close(fd)
-    tmp = Path(name)
+    tmp = temporary_file(folder, path.name)
     try:
         yield tmp
     finally:

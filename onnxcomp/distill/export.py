@@ -240,7 +240,7 @@ def _load_teacher(teacher: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.Mo
         return teacher, teacher_sha256(teacher)
     model = load_model(teacher)
     check_model(model, source=str(teacher))
-    return model, teacher_sha256(teacher)
+    return model, teacher_sha256(teacher, loaded=model)
 
 
 def _check_output_folder(out: Path) -> None:

@@ -12,11 +12,10 @@ import contextlib
 import errno
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 from ..errors import OutputError
-from ..model_io import _fsync_dir
+from ..model_io import _fsync_dir, _write_bytes, temporary_file
 
 fsync_dir = _fsync_dir
 
@@ -77,17 +76,9 @@ def write_file_atomic(path: Path, data: bytes, *, exclusive: bool = False) -> bo
         OutputError: The folder is not writable or the disk is full.
     """
     folder = path.parent
+    tmp = temporary_file(folder, path.name)  # named so that a later run removes it after a crash
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as err:
-        raise output_error(folder, err) from err
-    tmp = Path(name)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_bytes(tmp, data)
         if exclusive:
             try:
                 os.link(tmp, path)
@@ -108,12 +99,6 @@ def write_file_atomic(path: Path, data: bytes, *, exclusive: bool = False) -> bo
             tmp.unlink()
     fsync_dir(folder)
     return True
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def output_error(path: Path, err: OSError, hint: str = "") -> OutputError:

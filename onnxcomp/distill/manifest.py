@@ -186,28 +186,36 @@ def describe_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     return "; ".join(details)[:400]
 
 
-def teacher_sha256(model: str | os.PathLike | onnx.ModelProto) -> str:
+def teacher_sha256(model: str | os.PathLike | onnx.ModelProto, *, loaded: onnx.ModelProto | None = None) -> str:
     """SHA-256 identifying a teacher.
 
     For a file: of its bytes, followed by the bytes of each external-data file
     it references (sorted by location), so ``sha256sum model.onnx`` matches for
     self-contained models. For an in-memory model: of its deterministic
     serialization.
+
+    A file is read only after the checks of :func:`onnxcomp.model_io.load_model`
+    (a regular file, external data inside the model's folder, ...); only
+    tensors marked EXTERNAL count, so a stray ``external_data`` entry never
+    makes it open a file. ``loaded``: the file as ``load_model`` returned it,
+    to spare a second parse.
+
+    Raises:
+        InputError: As ``load_model``.
     """
+    from ..external_data import external_info, is_pinned
+    from ..model_io import iter_tensors, load_model
+
     digest = hashlib.sha256()
     if isinstance(model, onnx.ModelProto):
         digest.update(model.SerializeToString(deterministic=True))
         return digest.hexdigest()
     path = Path(model)
+    proto = loaded if loaded is not None else load_model(path)
+    folder = os.path.realpath(path.parent)
+    locations = sorted({external_info(t)["location"] for t in iter_tensors(proto) if is_pinned(t)},
+                       key=lambda location: os.path.relpath(location, folder))
     hash_file_into(digest, path)
-    proto = onnx.load(str(path), load_external_data=False)
-    locations = sorted({e.value for t in _tensors(proto) for e in t.external_data if e.key == "location"})
     for location in locations:
-        hash_file_into(digest, path.parent / location)
+        hash_file_into(digest, Path(location))
     return digest.hexdigest()
-
-
-def _tensors(model: onnx.ModelProto):
-    from ..model_io import iter_tensors
-
-    return iter_tensors(model)

@@ -19,6 +19,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import OutputError
+from ..model_io import process_alive
 from .files import HashingWriter, fsync_dir, output_error, sha256_file
 from .manifest import Manifest
 
@@ -196,14 +198,31 @@ def _make_partial(tmp: Path, attempts: int = 5) -> None:
                 raise
 
 
+_PARTIAL_NAME = re.compile(r"^(\d{6})\.(.+)\.(\d+)\.[0-9a-f]{8}$")
+"""How :func:`write_shard` names a shard's scratch folder: ``<index>.<host>.<pid>.<random>``."""
+
+
 def clear_partials(out: Path, indices: Iterable[int]) -> None:
-    """Remove leftovers of interrupted writes of these shards."""
+    """Remove leftovers of interrupted writes of these shards.
+
+    Only folders named as :func:`write_shard` names its scratch folders are
+    touched, and not those of a process on this host that still runs (another
+    part writing the same shard); anything else a user keeps in ``.partial``
+    stays.
+    """
     partial = Path(out) / PARTIAL_DIR
     if not partial.is_dir():
         return
     wanted = {f"{i:06d}" for i in indices}
+    host = socket.gethostname()
     for entry in partial.iterdir():
-        if entry.name.split(".", 1)[0] in wanted:
-            shutil.rmtree(entry, ignore_errors=True)
+        match = _PARTIAL_NAME.match(entry.name)
+        if match is None or match.group(1) not in wanted or entry.is_symlink() or not entry.is_dir():
+            continue
+        pid = int(match.group(3))
+        if match.group(2) == host and pid != os.getpid() and process_alive(pid):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
     with contextlib.suppress(OSError):
         partial.rmdir()  # only when empty
+    return True
