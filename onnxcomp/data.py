@@ -289,6 +289,8 @@ class RandomDataset(Dataset):
         self._seed = seed
         self._int_high = dict(int_high or {})
         self.description = f"{count} random samples"
+        for spec in self._specs:
+            _check_random_shape(spec, self._shapes[spec.name])
 
     def __iter__(self) -> Iterator[Feed]:
         rng = np.random.default_rng(self._seed)
@@ -301,6 +303,25 @@ class RandomDataset(Dataset):
 
     def size(self) -> int | None:
         return self._count
+
+
+MAX_RANK = 32
+"""numpy arrays hold at most 64 dims (32 before numpy 2); no real model input comes near."""
+
+
+def _check_random_shape(spec: InputSpec, shape: tuple[int, ...]) -> None:
+    """Refuse to make a random sample numpy cannot hold or memory cannot (one line, before allocating)."""
+    if len(shape) > MAX_RANK:
+        raise DataError(f"input {spec.name} has rank {len(shape)}; onnxcomp handles inputs of rank {MAX_RANK} at most")
+    count = 1
+    for d in shape:
+        count *= int(d)
+    nbytes = count * max(spec.dtype.itemsize, 8)  # generated in float64 / int64, then cast
+    if nbytes > data_budget():
+        raise DataError(
+            f"a random sample of input {spec.name} {list(shape)} needs {_bytes(nbytes)}, more than the "
+            f"{_bytes(data_budget())} allowed (half the memory available); give --calib data or a smaller --input-shape"
+        )
 
 
 def _random_array(spec: InputSpec, shape: tuple[int, ...], rng: np.random.Generator, high: int) -> np.ndarray:

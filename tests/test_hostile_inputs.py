@@ -290,3 +290,19 @@ def test_image_decompression_bombs(tmp_path, model_path, capsys, bomb):
     _assert_refused(code, err, message)
     assert time.perf_counter() - started < 20
     assert not (tmp_path / "out.onnx").exists()
+
+
+@pytest.mark.parametrize("shape", [[100_000, 100_000], [2] * 100], ids=["1e10-elements", "rank-100"])
+def test_inputs_too_large_for_random_verification_data(tmp_path, capsys, shape):
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["x"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, shape)],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), str(path))
+    started = time.perf_counter()
+    code, err = _cli(["optimize", path, "-o", tmp_path / "out.onnx", "--no-latency", "-q"], capsys)
+    _assert_refused(code, err, "more than the .* allowed|has rank 100")
+    assert time.perf_counter() - started < 20
+    assert not (tmp_path / "out.onnx").exists()
