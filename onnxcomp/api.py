@@ -9,6 +9,8 @@ then write the output (atomically). A run that fails anywhere writes nothing.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -17,11 +19,11 @@ from typing import Any
 
 import onnx
 
-from . import __version__
+from . import __version__, holdout
 from .analysis import ModelStats, model_stats
 from .context import PassContext
 from .data import Dataset, InputSpec, RandomDataset, ValidatedDataset, input_specs, open_data, resolve_shapes
-from .errors import OnnxcompError, VerificationError
+from .errors import NothingCompressedError, OnnxcompError, QualityError, UsageError, VerificationError
 from .latency import measure_latency
 from .memory import release_free_memory
 from .model_io import (
@@ -36,10 +38,11 @@ from .model_io import (
 from .pass_manager import Check, PassManager
 from .probe import gather_bounds
 from .progress import ProgressFactory, null_progress
+from .quality import MetricChoice, Quality
 from .recipe import load_recipe
 from .registry import build_pipeline
 from .report import OptimizeReport, VerificationSummary
-from .verify import check_loads, check_tolerances, compare_models
+from .verify import check_loads, check_tolerances, verify_models
 
 DEFAULT_PIPELINE: tuple[str, ...] = ("cleanup",)
 RANDOM_SAMPLES = 8
@@ -68,6 +71,11 @@ def optimize(
     checks: Sequence[Check | str] | None = None,
     max_abs_error: float | None = None,
     min_cosine: float | None = None,
+    metric: Any = None,
+    max_drop: float | None = None,
+    accept_drop: bool = False,
+    verify_in_sample: bool = False,
+    strict: bool = False,
     seed: int = 0,
     overwrite_input: bool = False,
     external_data: bool | None = None,
@@ -84,8 +92,9 @@ def optimize(
         output: Where to write the result (atomically). None writes nothing.
         data: Calibration data (see :mod:`onnxcomp.data` for the sources).
         data_limit: Use at most this many calibration samples.
-        verify_data: Data to verify on; defaults to ``data``, else random
-            inputs (with a warning in the report).
+        verify_data: Data to verify on. Default: with ``data``, a held-out
+            part of it (one sample in five, never used by the passes; see
+            :mod:`onnxcomp.holdout`); without, random inputs (with a warning).
         verify_samples: Verify on at most this many samples (None: all).
         verify: Compare the result with the original in onnxruntime.
         latency: Measure batch-1 latency of both models, interleaved.
@@ -95,6 +104,19 @@ def optimize(
         max_abs_error: Fail (writing nothing) if any output differs more.
         min_cosine: Fail (writing nothing) if any output's worst-sample cosine
             similarity is lower.
+        metric: What "still good" means (:mod:`onnxcomp.quality`): ``auto``
+            (detected from the outputs), a task name (classification,
+            detection, ctc, embedding, segmentation, features),
+            ``"module:function"`` or a callable ``score(reference, candidate)``.
+        max_drop: The quality budget: the largest drop of the metric allowed
+            on real data (default per metric, see ``DEFAULT_MAX_DROP``).
+            Exceeded: :class:`~onnxcomp.errors.QualityError`, nothing written.
+        accept_drop: Write the model even when the budget is exceeded (the
+            report says so).
+        verify_in_sample: Verify on the calibration data itself instead of a
+            held-out part (flattering: the passes fitted to it).
+        strict: Fail (:class:`~onnxcomp.errors.NothingCompressedError`) when a
+            requested compression changed nothing.
         seed: Seed for random choices and random verification data.
         overwrite_input: Allow ``output`` to be the input file.
         external_data: Force (True) or forbid (False) an external-data file;
@@ -106,6 +128,15 @@ def optimize(
             verification. Nothing has been written then.
     """
     started = time.perf_counter()
+    if max_drop is not None and not (math.isfinite(max_drop) and max_drop >= 0):
+        raise UsageError(f"max_drop must be a finite number >= 0, got {max_drop}")
+    for name, threshold in (("max-abs-error", max_abs_error), ("min-cosine", min_cosine)):
+        if threshold is not None and not math.isfinite(threshold):
+            raise UsageError(f"--{name} must be a finite number, got {threshold}")
+    from .outputs import check_run_paths
+
+    check_run_paths(model, output=output, data=data, verify_data=verify_data, recipe=passes, overwrite_input=overwrite_input)
+    quality_spec = MetricChoice.parse(metric)
     source_path = None if isinstance(model, onnx.ModelProto) else Path(model)
     original = model if isinstance(model, onnx.ModelProto) else load_model(model)
     check_model(original, source=str(source_path or "model"))
@@ -115,19 +146,33 @@ def optimize(
     if output is not None:
         check_output_path(Path(output), protect)
 
-    with PassContext(template=original, seed=seed, progress=progress) as ctx:
+    with PassContext(template=original, seed=seed, progress=progress, metric=quality_spec) as ctx:
         calib = open_data(data, specs, image_options=image_options, limit=data_limit, workdir=ctx.workdir) if data is not None else None
-        ctx.data = calib
+        held_out = None
+        if calib is not None and verify_data is None and not verify_in_sample:
+            parts = holdout.split(calib, seed=seed, limit=verify_samples)
+            if parts is not None:
+                ctx.data, held_out = parts
+        if ctx.data is None:
+            ctx.data = calib
         check_data, random_data = _verification_data(
             specs, original, verify_data, calib, verify_samples, input_shapes, image_options, seed, ctx
-        )
+        ) if held_out is None else (held_out, False)
+        reads_before = calib.passes if calib is not None else 0
         result = manager.run(original, ctx)
         optimized = result.model
-        if verify_data is None and calib is not None and calib.passes:
+        if held_out is not None and calib.passes == reads_before:
+            # No pass went through the data: all of it is unseen, verify on all of it.
+            check_data, random_data = _verification_data(
+                specs, original, None, calib, verify_samples, input_shapes, image_options, seed, ctx
+            )
+        if verify_data is None and held_out is None and calib is not None and calib.passes:
+            why = "asked" if verify_in_sample else f"fewer than {holdout.MIN_SAMPLES} samples, none held out"
             ctx.warn(
-                "verified on the calibration data the passes fitted to (in-sample); "
+                f"verified on the calibration data the passes fitted to (in-sample: {why}); "
                 "give --verify-data HELD_OUT for errors on unseen inputs"
             )
+        _nothing_compressed(result.steps, ctx, strict)
         release_free_memory()  # the pipeline's intermediate copies of the weights
         check_model(optimized, source="optimized model")
 
@@ -154,10 +199,13 @@ def optimize(
             )
             large = max(report.before.weight_bytes, report.after.weight_bytes) > LARGE_MODEL_BYTES
             if verify:
-                report.verification = _verify(reference, staged.path, check_data, random_data, large, progress)
+                budget = None if random_data else max_drop
+                quality = functools.partial(_quality_for, quality_spec, budget, random_data)
+                report.verification = _verify(reference, staged.path, check_data, random_data, large, progress, quality)
             if latency:
                 _measure_latency(report, reference, staged.path, check_data.first(), large)
             _gate(report, max_abs_error, min_cosine)
+            _quality_gate(report, accept_drop, ctx)
             written = staged.commit() if output is not None else None
         report.seconds = time.perf_counter() - started
         return OptimizeResult(model=optimized, report=report, output=written)
@@ -182,15 +230,75 @@ def _pipeline_manager(passes: Sequence[Any] | str | os.PathLike | None, checks: 
     return PassManager(elements, checks=checks if checks is not None else (recipe_checks or (Check.CHECKER,)))
 
 
-def _verify(reference, candidate: Path, data: Dataset, random_data: bool, large: bool, progress) -> VerificationSummary:
-    outputs = compare_models(reference, candidate, data, progress=progress, sequential=large)
+def _verify(reference, candidate: Path, data: Dataset, random_data: bool, large: bool, progress, quality) -> VerificationSummary:
+    compared = verify_models(reference, candidate, data, progress=progress, sequential=large, quality=quality)
+    outputs = compared.outputs
     return VerificationSummary(
         data=data.description,
         random_data=random_data,
         samples=outputs[0].samples if outputs else 0,
         outputs=outputs,
         loads=check_loads(candidate),
+        quality=compared.quality,
     )
+
+
+def _quality_for(choice: MetricChoice, max_drop: float | None, random_data: bool, names, values) -> Quality:
+    """The run's quality measure; on random inputs there is no budget (they mean nothing to the task)."""
+    quality = Quality.for_outputs(choice, names, values, max_drop=max_drop)
+    if random_data:
+        quality.max_drop = None
+    return quality
+
+
+NEXT_STEPS: dict[str, str] = {
+    "prune-channels": "a lower --prune ratio, calibration data closer to what the model will see, or fine-tuning",
+    "quantize-static": "--quantize int8-mixed (keeps the most sensitive layers float) or int8-accurate",
+    "quantize-dynamic": "--quantize int8-weights or fp16",
+    "quantize-weights": "--quantize int8-weights (instead of int4) or fp16",
+    "convert-fp16": "keeping the sensitive ops float32 (convert-fp16 options in a recipe)",
+    "sparsify": "a lower sparsity",
+    "quantize-codebook": "more codebook levels (codebook-256)",
+}
+"""Per compression pass, what usually helps when it broke the quality budget."""
+
+
+def _quality_gate(report: OptimizeReport, accept_drop: bool, ctx: PassContext) -> None:
+    v = report.verification
+    q = v.quality if v is not None else None
+    if q is None or q.within_budget:
+        return
+    r = q.result
+    culprits = [s.name for s in report.steps if s.modified and s.compresses] or [s.name for s in report.steps if s.modified]
+    hints = [NEXT_STEPS[name] for name in dict.fromkeys(culprits) if name in NEXT_STEPS]
+    message = (
+        f"quality budget exceeded: {r.headline} {r.value:.4g} (drop {r.drop:.4g} > max drop {q.max_drop:g}, "
+        f"metric {q.metric}) on {q.samples} sample(s) of {v.data}"
+        + (f", after {', '.join(dict.fromkeys(culprits))}" if culprits else "")
+        + (f"; try {'; or '.join(hints)}" if hints else "")
+        + "; --max-drop sets the budget, --accept-drop writes the model anyway"
+    )
+    if accept_drop:
+        ctx.warn(message.replace("quality budget exceeded", "written although the quality budget is exceeded").split("; --max-drop")[0])
+        return
+    err = QualityError(message + "; nothing was written")
+    err.report = report  # type: ignore[attr-defined]
+    raise err
+
+
+def _nothing_compressed(steps, ctx: PassContext, strict: bool) -> None:
+    """Say (or with ``strict`` fail) when a requested compression pass changed nothing."""
+    asked = list(dict.fromkeys(s.name for s in steps if s.compresses))
+    idle = [name for name in asked if not any(s.modified for s in steps if s.name == name)]
+    if not idle:
+        return
+    message = (
+        f"{', '.join(idle)} changed nothing: the model is not compressed by {'it' if len(idle) == 1 else 'them'}"
+        " (the pass reports why with -v; e.g. no layer it handles, or compute inside If/Loop branches)"
+    )
+    if strict:
+        raise NothingCompressedError(message + "; --strict: nothing was written")
+    ctx.warn(message)
 
 
 def _measure_latency(report: OptimizeReport, reference, candidate: Path, sample, large: bool) -> None:

@@ -8,6 +8,7 @@ internal error in one line too, with the traceback only under ``-vv``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import signal
@@ -186,7 +187,10 @@ def _image_options(size, mean, std, scale, layout, order, resize):
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output model [default: MODEL.opt.onnx].")
 @click.option("--calib", "calib", type=click.Path(path_type=Path), help="Calibration/verification data: .npz, folder of .npy/.npz, or image folder.")
 @click.option("--calib-limit", type=click.IntRange(min=1), help="Use at most this many calibration samples.")
-@click.option("--verify-data", "verify_data", type=click.Path(path_type=Path), help="Held-out data to verify on (default: the --calib data).")
+@click.option(
+    "--verify-data", "verify_data", type=click.Path(path_type=Path),
+    help="Held-out data to verify on (default: one --calib sample in five, held out from the passes).",
+)
 @click.option("--recipe", type=click.Path(path_type=Path), help="YAML recipe with the passes to run.")
 @click.option("--passes", "pass_list", help="Comma-separated pass or preset names (instead of the default pipeline).")
 @click.option(
@@ -194,7 +198,25 @@ def _image_options(size, mean, std, scale, layout, order, resize):
     help="Structured pruning: remove this fraction of prunable channels (with --calib ranked by measured "
     "contribution and refitted; without, by magnitude, for fine-tuning).",
 )  # fmt: skip
-@click.option("--quantize", "quantize", metavar="MODE", help=f"Quantization mode: {', '.join(sorted(QUANTIZE_MODES))} ('onnxcomp passes': what each runs).")
+@click.option(
+    "--quantize", "quantize", metavar="MODE",
+    help=f"Quantization mode: {', '.join(sorted(QUANTIZE_MODES))} ('onnxcomp passes': what each runs), or auto "
+    "(tries them, keeps the fastest or smallest within the quality budget).",
+)
+@click.option(
+    "--finetune", is_flag=True,
+    help="After --prune / --quantize int8*: recover accuracy by distillation from the original model on the "
+    "--calib data (no labels), trained on the ONNX graph (quantization-aware for int8). Needs "
+    "pip install 'onnxcomp[train]'.",
+)
+@click.option("--finetune-epochs", type=click.IntRange(min=1), help="Fine-tuning epochs [default: 3 when no budget is given].")
+@click.option("--finetune-steps", type=click.IntRange(min=1), help="Fine-tuning optimizer steps at most.")
+@click.option("--finetune-minutes", type=click.FloatRange(min=0, min_open=True), help="Fine-tuning wall-clock minutes at most.")
+@click.option("--finetune-lr", type=click.FloatRange(min=0, min_open=True), help="Fine-tuning learning rate [default: 1e-4].")
+@click.option(
+    "--target", type=click.Choice(["latency", "size"]), default="latency", show_default=True,
+    help="With --quantize auto: what to minimise among the candidates within the budget.",
+)
 @click.option("--report", "report_path", type=click.Path(path_type=Path), help="Also write the report as JSON.")
 @click.option("--prune-plan", "plan_path", type=click.Path(path_type=Path), help="Also write the pruning plan (kept channels per weight) as JSON.")
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Compare with the original in onnxruntime.")
@@ -202,6 +224,23 @@ def _image_options(size, mean, std, scale, layout, order, resize):
 @click.option("--latency/--no-latency", default=True, show_default=True, help="Measure batch-1 latency before/after.")
 @click.option("--max-abs-error", type=float, help="Fail (writing nothing) if an output differs more than this.")
 @click.option("--min-cosine", type=float, help="Fail (writing nothing) if an output's worst cosine similarity is lower.")
+@click.option(
+    "--metric", default="auto", show_default=True, metavar="NAME|MODULE:FUNC",
+    help="What 'still good' means: auto (detected from the outputs), classification, detection, ctc, embedding, "
+    "segmentation, features, or a function score(reference, candidate) -> float (higher is better).",
+)
+@click.option(
+    "--max-drop", type=click.FloatRange(min=0.0), metavar="DROP",
+    help="Quality budget: the largest drop of the metric on held-out data (defaults: classification 0.02 of "
+    "top-1 agreement, detection 0.05, ctc 0.01, embedding 0.01 of cosine, segmentation 0.05 of IoU, "
+    "features 0.25). Exceeded: exit 3, nothing written.",
+)
+@click.option("--accept-drop", is_flag=True, help="Write the model even when it exceeds the quality budget.")
+@click.option(
+    "--verify-in-sample", is_flag=True,
+    help="Verify on the --calib data the passes fitted to, instead of holding out one sample in five.",
+)
+@click.option("--strict", is_flag=True, help="Fail (exit 4) when a requested compression changed nothing.")
 @click.option(
     "--check", "checks", multiple=True, type=click.Choice(["checker", "shape-inference", "ort-load"]),
     help="Invariant checked after every pass (repeatable) [default: checker].",
@@ -218,9 +257,12 @@ def _image_options(size, mean, std, scale, layout, order, resize):
 @click.option("--image-resize", type=click.Choice(["crop", "stretch"]), default="crop", show_default=True)
 @_verbosity
 def optimize(model: Path, output: Path | None, calib: Path | None, calib_limit: int | None, verify_data: Path | None, recipe: Path | None,
-             pass_list: str | None, prune: float | None, quantize: str | None, report_path: Path | None,
+             pass_list: str | None, prune: float | None, quantize: str | None, finetune: bool,
+             finetune_epochs: int | None, finetune_steps: int | None, finetune_minutes: float | None,
+             finetune_lr: float | None, target: str, report_path: Path | None,
              plan_path: Path | None, verify: bool, verify_samples: int, latency: bool,
-             max_abs_error: float | None, min_cosine: float | None, checks: tuple[str, ...], seed: int,
+             max_abs_error: float | None, min_cosine: float | None, metric: str, max_drop: float | None,
+             accept_drop: bool, verify_in_sample: bool, strict: bool, checks: tuple[str, ...], seed: int,
              overwrite_input: bool, input_shapes: tuple[str, ...], image_size, image_mean, image_std, image_scale,
              image_layout, image_order, image_resize, verbose: int, quiet: bool) -> None:  # fmt: skip
     """Optimize MODEL, verify it against the original, and write it."""
@@ -231,7 +273,13 @@ def optimize(model: Path, output: Path | None, calib: Path | None, calib_limit: 
 
     if plan_path is not None and prune is None and recipe is None and not pass_list:
         raise UsageError("--prune-plan needs --prune (or a recipe/--passes with prune-channels)")
-    flags = prune is not None or quantize is not None
+    budget = {"epochs": finetune_epochs, "steps": finetune_steps, "minutes": finetune_minutes, "lr": finetune_lr}
+    finetune_options = {k: v for k, v in budget.items() if v is not None} if finetune else None
+    if not finetune and any(v is not None for v in budget.values()):
+        raise UsageError("--finetune-epochs/-steps/-minutes/-lr need --finetune")
+    if finetune and quantize == "auto":
+        raise UsageError("--finetune with --quantize auto is not supported; pick a mode (e.g. --quantize int8)")
+    flags = prune is not None or quantize is not None or finetune
     chosen = [name for name, given in (("--recipe", recipe), ("--passes", pass_list), ("--prune/--quantize", flags)) if given]
     if len(chosen) > 1:
         raise UsageError(f"give only one of {', '.join(chosen)}")
@@ -239,15 +287,25 @@ def optimize(model: Path, output: Path | None, calib: Path | None, calib_limit: 
         passes = recipe
     elif pass_list:
         passes = [p.strip() for p in pass_list.split(",") if p.strip()]
-    else:
-        passes = pipeline_from_flags(prune=prune, quantize=quantize)
+    elif quantize != "auto":
+        passes = pipeline_from_flags(prune=prune, quantize=quantize, finetune=finetune_options)
     if output is None:
         output = model.with_name(f"{model.stem}.opt.onnx")
+    from .outputs import check_run_paths
+
+    check_run_paths(model, output=output, data=calib, verify_data=verify_data, recipe=recipe,
+                    reports={"the report (--report)": report_path, "the pruning plan (--prune-plan)": plan_path},
+                    overwrite_input=overwrite_input)
     image_options = _image_options(image_size, image_mean, image_std, image_scale, image_layout, image_order, image_resize)
+    if quantize == "auto":
+        from .auto import optimize_auto
+
+        run_optimize = functools.partial(optimize_auto, prune=prune, target=target)  # one pipeline per candidate
+    else:
+        run_optimize = functools.partial(run_optimize, passes=passes)
     try:
         result = run_optimize(
             model,
-            passes,
             output=output,
             data=calib,
             data_limit=calib_limit,
@@ -260,6 +318,11 @@ def optimize(model: Path, output: Path | None, calib: Path | None, calib_limit: 
             checks=checks or None,
             max_abs_error=max_abs_error,
             min_cosine=min_cosine,
+            metric=metric,
+            max_drop=max_drop,
+            accept_drop=accept_drop,
+            verify_in_sample=verify_in_sample,
+            strict=strict,
             seed=seed,
             overwrite_input=overwrite_input,
             progress=_progress(),
@@ -277,6 +340,10 @@ def optimize(model: Path, output: Path | None, calib: Path | None, calib_limit: 
         write_plan_artifact(result.report.artifacts, plan_path)
     if not _State.quiet:
         click.echo(result.report.render())
+        if "auto" in result.report.artifacts:
+            from .auto import render_candidates
+
+            click.echo("\n" + render_candidates(result.report.artifacts["auto"]))
         click.echo(f"\nwrote {result.output}" + (f" and {report_path}" if report_path else ""))
 
 

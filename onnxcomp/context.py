@@ -21,6 +21,7 @@ import onnxruntime as ort
 from .errors import UsageError
 from .ir import export_model
 from .progress import ProgressFactory, null_progress
+from .quality import MetricChoice
 from .runtime import DEFAULT_PROVIDERS, OptLevel, create_session
 from .shapes import infer_graph_shapes
 
@@ -45,6 +46,9 @@ class PassContext:
             name (e.g. a pruning plan, a sensitivity table).
         warnings: Lines for the person running the pipeline (see :meth:`warn`);
             the optimize report prints them after its tables.
+        metric: What "still good" means for this run (:mod:`onnxcomp.quality`);
+            passes that compare candidates (sensitivity sweeps, mixed
+            precision) measure with it, as the final verification does.
     """
 
     template: onnx.ModelProto
@@ -54,6 +58,7 @@ class PassContext:
     providers: Sequence[str] = DEFAULT_PROVIDERS
     artifacts: dict[str, Any] = dataclasses.field(default_factory=dict)
     warnings: list[str] = dataclasses.field(default_factory=list)
+    metric: MetricChoice = dataclasses.field(default_factory=MetricChoice)
     _workdir: tempfile.TemporaryDirectory | None = dataclasses.field(default=None, repr=False)
 
     def warn(self, message: str) -> None:

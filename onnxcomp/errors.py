@@ -7,7 +7,9 @@ stderr and a non-zero exit without a traceback.
 Exit codes:
     1  a pass or a check failed on a valid model (a bug or an unsupported graph).
     2  bad usage or bad input: options, recipe, model file, calibration data.
-    3  the optimized model failed verification against the original.
+    3  the optimized model failed verification against the original, or broke
+       the quality budget.
+    4  a requested compression changed nothing (with ``--strict``).
     130  interrupted (SIGINT/SIGTERM).
 """
 
@@ -89,3 +91,13 @@ class Interrupted(KeyboardInterrupt):
 
 class OnnxcompWarning(UserWarning):
     """Warnings from onnxcomp (turned into errors in the test-suite)."""
+
+
+class QualityError(VerificationError):
+    """The optimized model broke the quality budget (its metric fell further than allowed)."""
+
+
+class NothingCompressedError(OnnxcompError):
+    """A requested compression changed nothing and ``strict`` was asked."""
+
+    exit_code = 4

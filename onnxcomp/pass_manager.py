@@ -79,6 +79,8 @@ class StepRecord:
     seconds: float
     summary: dict[str, Any]
     iteration: int | None = None
+    compresses: bool = False
+    """The pass compresses (prune, sparsify, quantize, convert stages), as opposed to cleanup."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -195,7 +197,10 @@ class PassManager:
         if result.modified and p.changes_shapes:
             clear_intermediate_shapes(result.graph)
         steps.append(
-            StepRecord(p.name, p.describe(), bool(result.modified), seconds, dict(result.summary), iteration)
+            StepRecord(
+                p.name, p.describe(), bool(result.modified), seconds, dict(result.summary), iteration,
+                compresses=p.stage >= Stage.PRUNE,
+            )  # fmt: skip
         )
         logger.info(
             "%s: %s in %.2fs %s",

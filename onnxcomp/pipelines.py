@@ -32,13 +32,33 @@ QUANTIZE_MODES["int8-mixed"] = lambda: [
 ]
 
 
-def pipeline_from_flags(*, prune: float | None = None, quantize: str | None = None) -> list[Any]:
-    """The pipeline spec for the given flags (cleanup always comes first)."""
+TRAINABLE_MODES = ("int8", "int8-accurate", "int8-mixed")
+"""``--quantize`` modes ``--finetune`` can train through (Q/DQ pairs as fake quantizers)."""
+
+
+def pipeline_from_flags(
+    *, prune: float | None = None, quantize: str | None = None, finetune: dict[str, Any] | None = None
+) -> list[Any]:
+    """The pipeline spec for the given flags (cleanup always comes first).
+
+    ``finetune`` (options of the ``finetune`` pass, ``{}`` for its defaults)
+    adds distillation fine-tuning after the last compression pass: after
+    pruning it recovers the pruned model, after static int8 it is
+    quantization-aware training of the Q/DQ model.
+    """
     spec: list[Any] = ["cleanup"]
     if prune is not None:
         spec.extend(prune_items(prune))
     if quantize is not None:
         spec.extend(quantize_items(quantize))
+    if finetune is not None:
+        if prune is None and quantize is None:
+            raise UsageError("--finetune recovers what --prune or --quantize changed: give one of them")
+        if quantize is not None and quantize not in TRAINABLE_MODES:
+            raise UsageError(
+                f"--finetune trains pruned models and static int8 (QAT: {', '.join(TRAINABLE_MODES)}), not --quantize {quantize}"
+            )
+        spec.append({"finetune": dict(finetune)})
     return spec
 
 

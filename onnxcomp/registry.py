@@ -21,6 +21,7 @@ from onnxcomp.passes.convert_fp16 import ConvertFp16
 from onnxcomp.passes.eliminate_dead_code import EliminateDeadCode
 from onnxcomp.passes.eliminate_noops import EliminateNoOps
 from onnxcomp.passes.equalize_cross_layer import EqualizeCrossLayer
+from onnxcomp.passes.finetune import Finetune
 from onnxcomp.passes.fold_batchnorm import FoldBatchNorm
 from onnxcomp.passes.fold_channel_affine import FoldChannelAffine
 from onnxcomp.passes.fold_constants import FoldConstants
@@ -54,6 +55,7 @@ PASSES: Mapping[str, type[Pass]] = {
     "quantize-codebook": QuantizeCodebook,
     "quantize-static": QuantizeStatic,
     "equalize-cross-layer": EqualizeCrossLayer,
+    "finetune": Finetune,
 }
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from .analysis import ModelStats
 from .latency import LatencyStats
 from .pass_manager import StepRecord
+from .quality import QualityResult
 from .verify import OutputComparison
 
 
@@ -25,6 +26,7 @@ class VerificationSummary:
     samples: int
     outputs: list[OutputComparison]
     loads: dict[str, str]
+    quality: QualityResult | None = None
 
 
 @dataclasses.dataclass
@@ -57,6 +59,8 @@ class OptimizeReport:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["latency_ratio"] = self.latency_ratio
+        if self.verification is not None and self.verification.quality is not None:
+            data["verification"]["quality"] = self.verification.quality.to_dict()
         return _jsonable(data)
 
     def to_json(self) -> str:
@@ -111,6 +115,8 @@ class OptimizeReport:
                     cos = f"exact {c.exact_match:.1%}"
                 out_rows.append((c.name, f"{c.max_abs:.3g}", f"{c.mean_abs:.3g}", cos, top1))
             lines.append(_table(("output", "max abs err", "mean abs err", "cosine mean / min", "top-1 agree"), out_rows))
+            if v.quality is not None:
+                lines.extend(_quality_lines(v.quality))
             bad = {k: v for k, v in v.loads.items() if v != "ok"}
             lines.append(
                 "loads in onnxruntime at every optimization level"
@@ -128,6 +134,31 @@ class OptimizeReport:
         for warning in self.warnings:
             lines.append(f"warning: {warning}")
         return "\n".join(lines)
+
+
+def _quality_lines(q: QualityResult) -> list[str]:
+    """The metric, its value against the budget, and the worst feature of every output."""
+    r = q.result
+    chosen = "asked" if q.why.startswith("asked") else f"detected: {q.why}"
+    if r.value is None:
+        head = f"{r.headline}: nothing to measure on this data"
+    else:
+        budget = "no budget (random inputs)" if q.max_drop is None else (
+            f"budget max drop {q.max_drop:g}: " + ("ok" if q.within_budget else "EXCEEDED")
+        )
+        head = f"{r.headline} {r.value:.4f} (drop {r.drop:.4f}; {budget})"
+    lines = [f"quality ({q.metric}, {chosen}): {head}"]
+    details = ", ".join(f"{k.replace('_', ' ')} {_number(v)}" for k, v in r.details.items() if v is not None)
+    if details:
+        lines.append(f"  {details}")
+    for f in q.features:
+        where = "" if f.axis is None else f" (feature axis {f.axis}, worst index {f.worst_index} of {f.features})"
+        lines.append(f"  worst-feature error of {f.output}: {f.worst:.4g}{where}")
+    return lines
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _jsonable(value: Any) -> Any:

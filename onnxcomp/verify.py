@@ -9,6 +9,9 @@ number of samples:
 * ``top1_agreement`` for 2-D float outputs ``[batch, classes]`` (how often the
   arg-max class is the same);
 * ``exact_match`` for integer and boolean outputs.
+
+What the outputs *mean* (detections kept, characters read, the quality
+budget) is measured alongside by :mod:`onnxcomp.quality` in the same runs.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ import onnx
 from .data import Dataset
 from .errors import DataError, VerificationError
 from .progress import ProgressFactory, null_progress
+from .quality import Quality, QualityResult
 from .runtime import OptLevel, create_session, run
 
 logger = logging.getLogger(__name__)
@@ -105,6 +109,14 @@ class _Accumulator:
         return r
 
 
+@dataclasses.dataclass
+class Comparison:
+    """Per-output tensor statistics and, when a metric was given, what the outputs mean."""
+
+    outputs: list[OutputComparison]
+    quality: QualityResult | None = None
+
+
 def compare_models(
     reference: onnx.ModelProto | bytes | str | os.PathLike,
     candidate: onnx.ModelProto | bytes | str | os.PathLike,
@@ -114,9 +126,27 @@ def compare_models(
     level: OptLevel = OptLevel.ALL,
     sequential: bool = False,
 ) -> list[OutputComparison]:
-    """Run both models on ``data`` and compare every output of the reference.
+    """Run both models on ``data`` and compare every output of the reference
+    (tensor statistics only; :func:`verify_models` adds the quality metric)."""
+    return verify_models(reference, candidate, data, progress=progress, level=level, sequential=sequential, quality=None).outputs
+
+
+def verify_models(
+    reference: onnx.ModelProto | bytes | str | os.PathLike,
+    candidate: onnx.ModelProto | bytes | str | os.PathLike,
+    data: Dataset,
+    *,
+    quality: Callable[[list[str], list[np.ndarray]], Quality] | None,
+    progress: ProgressFactory = null_progress,
+    level: OptLevel = OptLevel.ALL,
+    sequential: bool = False,
+) -> Comparison:
+    """Run both models on ``data``; compare every output, and measure quality.
 
     Args:
+        quality: Builds the :class:`~onnxcomp.quality.Quality` from the output
+            names and the reference's outputs on the first sample (so the
+            metric can be detected from them); None measures tensors only.
         sequential: Run the reference over all samples first (its outputs
             spooled to a scratch folder), then the candidate, so only one
             model is in memory at a time (for large models).
@@ -135,7 +165,7 @@ def compare_models(
             (index, _run_reference(ref_session, names, feed, index), feed)
             for index, feed in enumerate(data)
         )
-        return _accumulate(names, pairs, cand_session, data, progress)
+        return _accumulate(names, pairs, cand_session, data, progress, quality)
     with tempfile.TemporaryDirectory(prefix="onnxcomp-verify-") as spool:
         count = 0
         bar = progress(data.size(), "running original", "sample")
@@ -154,7 +184,7 @@ def compare_models(
                 with np.load(Path(spool) / f"{index:08d}.npz") as stored:
                     yield index, [stored[f"arr_{i}"] for i in range(len(names))], feed
 
-        return _accumulate(names, replay(), cand_session, data, progress)
+        return _accumulate(names, replay(), cand_session, data, progress, quality)
 
 
 def _run_reference(session, names, feed, index: int) -> list[np.ndarray]:
@@ -168,18 +198,23 @@ def _check_outputs(names: list[str], session) -> None:
         raise VerificationError(f"optimized model lacks output(s) {', '.join(missing)}")
 
 
-def _accumulate(names, pairs, cand_session, data: Dataset, progress: ProgressFactory) -> list[OutputComparison]:
+def _accumulate(names, pairs, cand_session, data: Dataset, progress: ProgressFactory, quality) -> Comparison:
     accumulators = {n: _Accumulator(n) for n in names}
+    meter = None
     bar = progress(data.size(), "verifying", "sample")
     try:
         for index, ref_values, feed in pairs:
             cand_values = run(cand_session, names, feed, error=VerificationError, what=f"the optimized model on sample {index}")
             for name, ref, out in zip(names, ref_values, cand_values):
                 accumulators[name].add(np.asarray(ref), np.asarray(out), f"sample {index}")
+            if quality is not None:
+                if meter is None:
+                    meter = quality(names, [np.asarray(v) for v in ref_values]).meter()
+                meter.add(ref_values, cand_values, feed)
             bar.update(1)
     finally:
         bar.close()
-    return [acc.finish() for acc in accumulators.values()]
+    return Comparison([acc.finish() for acc in accumulators.values()], meter.result() if meter is not None else None)
 
 
 def check_tolerances(

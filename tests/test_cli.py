@@ -48,7 +48,7 @@ def test_optimize_writes_model_and_report(model_path, tmp_path, capsys):
     out = tmp_path / "out.onnx"
     code, stdout, stderr = _cli(["optimize", model_path, "-o", out, "--calib", tmp_path / "calib.npz", "--report", tmp_path / "r.json"], capsys)
     assert code == 0, stderr
-    assert "latency (median)" in stdout and "verification on 6 sample(s)" in stdout
+    assert "latency (median)" in stdout and "verification on 6 sample(s)" in stdout  # cleanup fitted nothing: all data is unseen
     optimized = onnx.load(str(out))
     onnx.checker.check_model(optimized)
     assert {p.key: p.value for p in optimized.metadata_props} == {"vocab": "cat dog"}
@@ -276,7 +276,19 @@ def test_in_sample_verification_is_flagged_only_when_passes_fitted_the_data(mode
     assert "in-sample" not in stdout  # cleanup never reads the data: verifying on it is fair
     code, stdout, stderr = _cli(["optimize", model_path, "-o", tmp_path / "q.onnx", "--quantize", "int8", *common], capsys)
     assert code == 0, stderr
-    assert "warning: verified on the calibration data the passes fitted to (in-sample)" in stdout
+    assert "warning: verified on the calibration data the passes fitted to (in-sample: fewer than 5 samples" in stdout
     held_out = ["--verify-data", tmp_path / "calib.npz"]
     code, stdout, _ = _cli(["optimize", model_path, "-o", tmp_path / "q2.onnx", "--quantize", "int8", *common, *held_out], capsys)
     assert code == 0 and "in-sample" not in stdout
+
+
+def test_calibration_data_is_split_and_verification_uses_only_the_held_out_part(model_path, tmp_path, capsys):
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).normal(size=(10, 3, 16, 16)).astype(np.float32))
+    common = ["--calib", tmp_path / "calib.npz", "--no-latency", "--quantize", "int8"]
+    code, stdout, stderr = _cli(["optimize", model_path, "-o", tmp_path / "q.onnx", *common], capsys)
+    assert code == 0, stderr
+    assert "verification on 2 sample(s) from" in stdout and "(held-out 1 in 5)" in stdout
+    assert "in-sample" not in stdout
+    code, stdout, stderr = _cli(["optimize", model_path, "-o", tmp_path / "q2.onnx", *common, "--verify-in-sample"], capsys)
+    assert code == 0, stderr
+    assert "verification on 10 sample(s)" in stdout and "(in-sample: asked)" in stdout

@@ -296,7 +296,10 @@ def test_plan_for_another_model_is_refused(tmp_path):
 def test_prune_flag_runs_through_optimize_and_reports():
     m = conv_net(seed=17)
     feeds = samples(8, seed=18)
-    result = onnxcomp.optimize(m, pipeline_from_flags(prune=0.5), data=feeds, latency=False)
+    # Half of a random-weight net's channels: far beyond any quality budget; written on request.
+    result = onnxcomp.optimize(m, pipeline_from_flags(prune=0.5), data=feeds, latency=False, accept_drop=True)
+    assert not result.report.verification.quality.within_budget
+    assert any("written although the quality budget is exceeded" in w for w in result.report.warnings)
     step = next(s for s in result.report.steps if s.name == "prune-channels")
     assert step.modified and result.report.after.params < result.report.before.params
     assert "plan" in result.report.artifacts["prune-channels"]

@@ -85,7 +85,16 @@ def test_the_sweep_measures_what_removing_channels_read_by_a_grouped_conv_does()
     ratio, deviation = sorted(curve.items())[1]
     pruned, _, _ = prune(m, ratio=0.0, criterion="l2", layer_ratios={"conv1": float(ratio)}, reconstruction="none")
     assert kept(pruned, "w1") < 16 and kept(pruned, "wg") == 16  # only conv1's channels went
-    np.testing.assert_allclose(relative_error(m, pruned, feeds), deviation, rtol=1e-4)
+    np.testing.assert_allclose(quality_deviation(m, pruned, feeds), deviation, rtol=1e-4)
+
+
+def quality_deviation(reference, candidate, feeds) -> float:
+    """The run's quality measure (:mod:`onnxcomp.quality`) of ``candidate`` against ``reference``."""
+    from onnxcomp.quality import Quality
+
+    outputs = [o.name for o in reference.graph.output]
+    ref = [builders.run(reference, feed) for feed in feeds]
+    return Quality.for_outputs("auto", outputs, ref[0]).deviation(ref, feeds)([builders.run(candidate, feed) for feed in feeds])
 
 
 def test_a_grouped_conv_that_lost_inputs_is_refitted_group_by_group():

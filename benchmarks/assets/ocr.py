@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from onnxcomp.quality.tasks import edit_distance  # noqa: F401 - the one Levenshtein distance, re-exported here
+
 logger = logging.getLogger(__name__)
 
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
@@ -274,27 +276,6 @@ def ctc_greedy_decode(logits: np.ndarray, dictionary: Sequence[str]) -> str:
     keep[1:] = best[1:] != best[:-1]
     keep &= best != 0
     return "".join(dictionary[i] for i in best[keep])
-
-
-def edit_distance(a: str, b: str) -> int:
-    """Returns the Levenshtein distance (insertions, deletions, substitutions).
-
-    Args:
-        a: First string.
-        b: Second string.
-
-    Returns:
-        Minimum number of single-character edits turning ``a`` into ``b``.
-    """
-    if len(a) < len(b):
-        a, b = b, a
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1]
 
 
 def char_accuracy(pred: str, truth: str) -> float:

@@ -166,7 +166,7 @@ def _choose(setup: _Setup, config: PruneChannelsConfig, ctx: PassContext, scores
     elif setup.allocation is Allocation.SENSITIVITY:
         curves = sweep(
             setup.original, deps, groups, scores, setup.data, eligible=allocator.sensitivity_groups,
-            grid=allocator.grid, compensated=compensated, progress=ctx.progress,
+            grid=allocator.grid, compensated=compensated, metric=ctx.metric, progress=ctx.progress,
         )  # fmt: skip
     if curves is not None:
         extra["sensitivity"] = {

@@ -9,7 +9,10 @@ criterion the consumers get their refitted weights instead, so the sweep sees
 the model as reconstruction will leave it. Each (group, ratio) point costs one
 onnxruntime session and a few calibration samples.
 
-Deviation is ``sum ||y' - y||^2 / sum ||y||^2`` over the float outputs.
+Deviation is the run's quality measure (:meth:`onnxcomp.quality.Quality.deviation`):
+the continuous distance of the chosen metric (KL for classifiers and CTC, 1 -
+cosine for embeddings, a user metric's drop), else the per-feature error, so a
+detector's class scores weigh as much as its box coordinates.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from onnx import numpy_helper
 
 from ..data import Dataset
 from ..progress import ProgressFactory, null_progress
+from ..quality import MetricChoice, Quality
 from ..runtime import OptLevel, create_session
 from .analysis import Dependencies
 from .columns import consumer_columns
@@ -76,18 +80,6 @@ def masked_arrays(deps: Dependencies, removal: Removal) -> dict[str, np.ndarray]
     return out
 
 
-def _deviation(reference: list[list[np.ndarray]], session, samples: Sequence[dict]) -> float:
-    num = den = 0.0
-    for ref, feed in zip(reference, samples):
-        for r, y in zip(ref, session.run(None, feed)):
-            if r.dtype.kind != "f":
-                continue
-            diff = (np.asarray(y, dtype=np.float64) - r).reshape(-1)
-            num += float(diff @ diff)
-            den += float(np.asarray(r, dtype=np.float64).reshape(-1) @ r.reshape(-1).astype(np.float64))
-    return num / den if den > 0 else num
-
-
 def sweep(
     model: onnx.ModelProto,
     deps: Dependencies,
@@ -99,6 +91,7 @@ def sweep(
     samples: int = 8,
     grid: Callable[[Group], Sequence[float]] = lambda group: GRID,
     compensated: Callable[[int, float], dict[str, np.ndarray] | None] | None = None,
+    metric: MetricChoice | None = None,
     progress: ProgressFactory = null_progress,
 ) -> dict[int, Curve]:
     """Deviation curve of every eligible group (group index -> curve).
@@ -106,6 +99,7 @@ def sweep(
     ``grid(group)`` gives the ratios to measure (ones the group can realize).
     ``compensated(group, ratio)`` may give refitted consumer weights for that
     point (by tensor name); otherwise the removed channels' columns are zeroed.
+    ``metric`` is the run's quality metric (default: detected from the outputs).
     """
     from .select import select_units
 
@@ -116,6 +110,8 @@ def sweep(
             break
     base = create_session(model, level=OptLevel.ALL)
     reference = [[np.asarray(v) for v in base.run(None, feed)] for feed in feeds]
+    names = [o.name for o in base.get_outputs()]
+    deviation = Quality.for_outputs(metric or MetricChoice(), names, reference[0]).deviation(reference, feeds)
     curves: dict[int, Curve] = {}
     by_index = {g.index: g for g in groups}
     points = {index: list(grid(by_index[index])) for index in eligible}
@@ -136,7 +132,7 @@ def sweep(
                         deviations.append(0.0)
                     else:
                         session = create_session(model, level=OptLevel.ALL)
-                        deviations.append(_deviation(reference, session, feeds))
+                        deviations.append(deviation([session.run(None, feed) for feed in feeds]))
                 bar.update(1)
             curves[index] = Curve(tuple(points[index]), tuple(deviations))
             logger.debug("sensitivity %s: %s", group.name, deviations)

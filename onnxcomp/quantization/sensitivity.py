@@ -9,7 +9,11 @@ model's on held-out samples (:class:`Evaluator`), by one of three metrics
   (outputs that are already probabilities are used as they are, others go
   through a softmax), i.e. for classifiers and CTC recognisers;
 * ``top1``: the fraction of positions (all but the last axis) whose arg-max
-  along the last axis changes.
+  along the last axis changes;
+* ``auto``: the run's quality measure (:mod:`onnxcomp.quality`, the metric
+  ``--metric`` chose or detected): KL for classifiers and CTC, 1 - cosine
+  for embeddings, per-feature error for detectors and anything else — the
+  measure the final verification and the quality budget use.
 
 Sensitivity of a compute layer is the drop when *only* that layer (its input,
 weights and output) is quantized. Mixed precision (:func:`choose_float_layers`)
@@ -28,6 +32,7 @@ import numpy as np
 import onnx
 
 from onnxcomp.progress import ProgressFactory, null_progress
+from onnxcomp.quality import MetricChoice, Quality
 from onnxcomp.runtime import OptLevel, create_session
 
 logger = logging.getLogger(__name__)
@@ -39,6 +44,7 @@ class Metric(enum.Enum):
     COSINE = "cosine"
     KL = "kl"
     TOP1 = "top1"
+    AUTO = "auto"
 
 
 def _distribution(values: np.ndarray) -> np.ndarray:
@@ -81,19 +87,29 @@ class Evaluator:
     optimization level, i.e. on the integer kernels they will be deployed on.
     """
 
-    def __init__(self, reference: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]], metric: Metric):
+    def __init__(
+        self,
+        reference: onnx.ModelProto,
+        feeds: Sequence[dict[str, np.ndarray]],
+        metric: Metric,
+        quality: MetricChoice | None = None,
+    ):
         self.feeds = list(feeds)
         self.metric = metric
         session = create_session(reference, level=OptLevel.ALL)
         self.names = [o.name for o in session.get_outputs()]
         self.reference = [session.run(self.names, feed) for feed in self.feeds]
+        self._deviation = None
+        if metric is Metric.AUTO and self.reference:
+            choice = quality or MetricChoice()
+            self._deviation = Quality.for_outputs(choice, self.names, self.reference[0]).deviation(self.reference, self.feeds)
 
     def drop(self, model: onnx.ModelProto) -> float:
         session = create_session(model, level=OptLevel.ALL)
-        drops = [
-            sample_drop(ref, session.run(self.names, feed), self.metric)
-            for ref, feed in zip(self.reference, self.feeds)
-        ]
+        outputs = [session.run(self.names, feed) for feed in self.feeds]
+        if self._deviation is not None:
+            return float(self._deviation(outputs))
+        drops = [sample_drop(ref, out, self.metric) for ref, out in zip(self.reference, outputs)]
         return float(np.mean(drops)) if drops else 0.0
 
 
