@@ -26,6 +26,7 @@ import dataclasses
 import itertools
 import logging
 import os
+import re
 import shutil
 import tempfile
 import weakref
@@ -473,7 +474,7 @@ def validate_sample(sample: Any, specs: Sequence[InputSpec], where: str) -> Feed
             raise DataError(f"{where}: input '{spec.name}' has dtype {arr.dtype}, the model expects {spec.dtype}{hint}")
         _check_shape(spec, arr.shape, f"{where}: input '{spec.name}'")
         for axis, d in enumerate(spec.shape or ()):
-            if isinstance(d, str):
+            if isinstance(d, str) and not anonymous_dim(d):
                 if d in symbols and symbols[d][0] != arr.shape[axis]:
                     other_value, other_name = symbols[d]
                     raise DataError(
@@ -485,6 +486,15 @@ def validate_sample(sample: Any, specs: Sequence[InputSpec], where: str) -> Feed
             what = "NaN" if np.any(np.isnan(arr)) else "Inf"
             raise DataError(f"{where}: input '{spec.name}' contains {what}")
     return feed
+
+
+_ANONYMOUS_DIM = re.compile(r"^(\?|-1|unk__\d+|unk_\d+|)$")
+
+
+def anonymous_dim(name: str) -> bool:
+    """Dim names exporters write for "unknown" (Paddle's ``?``, ``-1``, ``unk__N``, empty):
+    markers, not symbols that must agree between axes and inputs."""
+    return bool(_ANONYMOUS_DIM.match(name.strip()))
 
 
 def _check_shape(spec: InputSpec, shape: Sequence[int], where: str) -> None:

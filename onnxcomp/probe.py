@@ -55,12 +55,12 @@ def probe_feed(
     try:
         shapes, assumed = resolve_shapes(specs, input_shapes)
     except DataError:
-        shapes, assumed = _probe_shapes(specs, input_shapes)
+        shapes, assumed = probe_shapes(specs, input_shapes)
     feed = next(iter(RandomDataset(specs, shapes, 1, seed, int_high=gather_bounds(model))))
     return feed, assumed
 
 
-def _probe_shapes(
+def probe_shapes(
     specs: Sequence[InputSpec], overrides: Mapping[str, Sequence[int]] | None
 ) -> tuple[dict[str, tuple[int, ...]], dict[str, int]]:
     """Shapes with every symbolic non-batch dim set to :data:`PROBE_DIM`."""

@@ -183,3 +183,17 @@ def test_shape_override_errors(specs):
         resolve_shapes(specs, {"x": (1, 3, 8, 8)})
     with pytest.raises(DataError, match="unknown input\\(s\\) y"):
         resolve_shapes(specs, {"y": (1,)})
+
+
+def test_anonymous_dim_markers_need_not_agree():
+    """Paddle names every unknown dim '?': [N, 3, 48, 192] must not be refused as '?' = 48 and 192."""
+    from onnxcomp.data import InputSpec, anonymous_dim, validate_sample
+
+    assert all(anonymous_dim(d) for d in ("?", "-1", "unk__12", ""))
+    assert not any(anonymous_dim(d) for d in ("batch", "DynamicDimension.1", "seq"))
+    specs = [InputSpec("x", np.dtype(np.float32), ("?", 3, "?", "?"))]
+    feed = validate_sample({"x": np.zeros((1, 3, 48, 192), np.float32)}, specs, "sample 0")
+    assert feed["x"].shape == (1, 3, 48, 192)
+    named = [InputSpec("x", np.dtype(np.float32), ("n", 3, "s", "s"))]
+    with pytest.raises(DataError, match="dim 's' is 192"):
+        validate_sample({"x": np.zeros((1, 3, 48, 192), np.float32)}, named, "sample 0")

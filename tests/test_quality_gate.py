@@ -101,3 +101,32 @@ def test_a_compression_that_changed_nothing_warns_and_strict_fails(model_path, t
     code, stdout, stderr = _cli(["optimize", model_path, "-o", out, "--quantize", "int8-dynamic", "--no-latency", "--strict"], capsys)
     assert code == 4 and "quantize-dynamic changed nothing" in stderr and "--strict" in stderr
     assert not out.exists()
+
+
+def _dynamic_image_model(reshape_to: int | None = None) -> onnx.ModelProto:
+    """x[N, 3, H, W] -> Relu (-> Reshape to [1, reshape_to], which only some sizes fit)."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Relu", ["x"], ["r" if reshape_to else "y"])]
+    inits = []
+    if reshape_to:
+        nodes.append(helper.make_node("Reshape", ["r", "shape"], ["y"]))
+        inits.append(helper.make_tensor("shape", TensorProto.INT64, [2], [1, reshape_to]))
+    graph = helper.make_graph(
+        nodes, "dyn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "D"] if reshape_to else ["N", 3, "H", "W"])], inits,
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_dynamic_spatial_dims_without_data_are_verified_on_probe_sizes_not_refused(tmp_path, capsys):
+    """Like every PP-OCR model: cleanup needs no data, so the main command runs."""
+    onnx.save(_dynamic_image_model(), str(tmp_path / "dyn.onnx"))
+    code, stdout, stderr = _cli(["optimize", tmp_path / "dyn.onnx", "-o", tmp_path / "o.onnx", "--no-latency"], capsys)
+    assert code == 0, stderr
+    assert "verification on 8 sample(s) from RANDOM inputs" in stdout and "H=64, W=64" in stdout
+    onnx.save(_dynamic_image_model(reshape_to=3 * 32 * 32), str(tmp_path / "fixed.onnx"))
+    code, stdout, stderr = _cli(["optimize", tmp_path / "fixed.onnx", "-o", tmp_path / "f.onnx"], capsys)
+    assert code == 0, stderr
+    assert "warning: not verified: the original model does not run on the assumed input sizes" in stdout
+    assert (tmp_path / "f.onnx").exists()

@@ -77,13 +77,16 @@ class _AxisSums:
         self.count = 0  # elements per index
         self.valid = True
 
-    def add(self, ref: np.ndarray, ref_sq: np.ndarray, err_sq: np.ndarray, axis: int) -> None:
-        others = _other_axes(ref.ndim, axis)
+    def add(self, ref: np.ndarray, ref_sq: np.ndarray, err_sq: np.ndarray, axis: int | None) -> None:
+        """Accumulate one sample (``axis`` None: the whole output as one feature)."""
+        if ref.size == 0:
+            return
+        others = None if axis is None else _other_axes(ref.ndim, axis)
         self.reference += ref_sq.sum(axis=others)
         self.error += err_sq.sum(axis=others)
         self.minimum = np.minimum(self.minimum, ref.min(axis=others))
         self.maximum = np.maximum(self.maximum, ref.max(axis=others))
-        self.count += ref.size // max(ref.shape[axis], 1)
+        self.count += ref.size if axis is None else ref.size // max(ref.shape[axis], 1)
 
     def scale(self) -> np.ndarray:
         """Each feature's reference energy, raised to the floors (see the module docstring)."""
@@ -125,15 +128,14 @@ class FeatureErrorAccumulator:
     def __init__(self, name: str):
         self.name = name
         self._axes: dict[int, _AxisSums] | None = None
-        self._whole = [0.0, 0.0]  # reference energy, error energy
+        self._whole = _AxisSums(1)
 
     def add(self, reference: np.ndarray, candidate: np.ndarray) -> None:
         ref = np.asarray(reference, dtype=np.float64)
         err = np.asarray(candidate, dtype=np.float64) - ref
         ref, err = np.nan_to_num(ref), np.nan_to_num(err)
         ref_sq, err_sq = ref * ref, err * err
-        self._whole[0] += float(ref_sq.sum())
-        self._whole[1] += float(err_sq.sum())
+        self._whole.add(ref, ref_sq, err_sq, None)
         if self._axes is None:
             self._axes = {a: _AxisSums(ref.shape[a]) for a in candidate_axes(ref.shape)}
         for axis, sums in self._axes.items():
@@ -150,13 +152,13 @@ class FeatureErrorAccumulator:
         axes = {a: s for a, s in (self._axes or {}).items() if s.valid}
         axis = choose_axis({a: s.reference for a, s in axes.items()})
         if axis is None:
-            return None, np.array([max(self._whole[0], 1e-30)])
+            return None, np.maximum(self._whole.scale(), 1e-30)
         return axis, axes[axis].scale()
 
     def result(self) -> FeatureError:
         axis, scale = self.feature_axis()
         if axis is None:
-            err = self._whole[1]
+            err = float(self._whole.error[0])
             value = float(np.sqrt(err / scale[0])) if err > 0 else 0.0
             return FeatureError(self.name, None, value, None, value, 1)
         ratios = self._axes[axis].error / scale
