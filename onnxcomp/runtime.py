@@ -84,7 +84,7 @@ def create_session(
     options = session_options(
         level, intra_op_threads=intra_op_threads, optimized_model_path=optimized_model_path, spinning=spinning
     )
-    with _loadable(model) as source:
+    with loadable(model) as source:
         try:
             return ort.InferenceSession(source, sess_options=options, providers=list(providers))
         except Exception as err:  # onnxruntime raises several unrelated types
@@ -92,7 +92,7 @@ def create_session(
 
 
 @contextlib.contextmanager
-def _loadable(model) -> Iterator[bytes | str]:
+def loadable(model) -> Iterator[bytes | str]:
     """Bytes or a file path onnxruntime can read.
 
     Protos too large for one message, or whose weights are still pinned on disk

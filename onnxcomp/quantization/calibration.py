@@ -41,7 +41,7 @@ from onnxcomp.errors import DataError, InputError
 from onnxcomp.memory import release_free_memory
 from onnxcomp.model_io import default_opset
 from onnxcomp.progress import ProgressFactory, null_progress
-from onnxcomp.runtime import DEFAULT_PROVIDERS, OptLevel, run, session_options
+from onnxcomp.runtime import DEFAULT_PROVIDERS, OptLevel, loadable, run, session_options
 from onnxcomp.shapes import infer_model_shapes, shape_of, value_infos
 
 from .observers import DEFAULT_BINS, Accumulator, Statistics
@@ -262,7 +262,8 @@ def _calibration_session(model: onnx.ModelProto, providers: Sequence[str]) -> or
     options = session_options(OptLevel.ALL)
     options.enable_mem_pattern = False
     try:
-        return ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=list(providers))
+        with loadable(model) as source:  # weights still in the input's .data file: through a saved copy
+            return ort.InferenceSession(source, sess_options=options, providers=list(providers))
     except Exception as err:  # onnxruntime raises several unrelated types
         raise InputError(f"onnxruntime cannot load the calibration model: {' '.join(str(err).split())[:300]}") from err
 
