@@ -38,6 +38,14 @@ class LatencyStats:
     p90_ms: float
     runs: int
     ratio: float | None = None
+    ratio_p10: float | None = None
+    ratio_p90: float | None = None
+    """The 10th and 90th percentiles of the per-round ratios (interleaved runs only)."""
+
+    @property
+    def within_noise(self) -> bool:
+        """The per-round ratios straddle 1: the two models are not told apart on this machine."""
+        return self.ratio_p10 is not None and self.ratio_p90 is not None and self.ratio_p10 <= 1.0 <= self.ratio_p90
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -86,11 +94,11 @@ def measure_latency(
     if reference is not None:
         base = times[reference]
         for name, samples in times.items():
-            stats[name].ratio = (
-                statistics.median(t / b for t, b in zip(samples, base))
-                if interleaved
-                else stats[name].median_ms / stats[reference].median_ms
-            )
+            if interleaved:
+                ratios = _stats([t / b for t, b in zip(samples, base)])
+                stats[name].ratio, stats[name].ratio_p10, stats[name].ratio_p90 = ratios.median_ms, ratios.p10_ms, ratios.p90_ms
+            else:
+                stats[name].ratio = stats[name].median_ms / stats[reference].median_ms
     return stats
 
 

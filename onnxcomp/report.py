@@ -102,6 +102,11 @@ class OptimizeReport:
                 else "runs per model, one model after the other"
             )
             lines.append(f"latency: batch 1, {self.latency_before.runs} {how}, onnxruntime all optimizations")
+            after = self.latency_after
+            if after is not None and after.ratio_p10 is not None:
+                verdict = "within noise: not told apart on this machine" if after.within_noise else (
+                    "faster" if after.ratio_p90 < 1.0 else "SLOWER than the original")
+                lines.append(f"latency ratio per round: 10-90 % {after.ratio_p10:.3f}x-{after.ratio_p90:.3f}x ({verdict})")
         if self.verification is not None:
             v = self.verification
             lines.append("")

@@ -292,3 +292,14 @@ def test_calibration_data_is_split_and_verification_uses_only_the_held_out_part(
     code, stdout, stderr = _cli(["optimize", model_path, "-o", tmp_path / "q2.onnx", *common, "--verify-in-sample"], capsys)
     assert code == 0, stderr
     assert "verification on 10 sample(s)" in stdout and "(in-sample: asked)" in stdout
+
+
+def test_latency_ratio_spread_and_noise_verdict(model_path, tmp_path, capsys):
+    from onnxcomp.latency import LatencyStats
+
+    assert LatencyStats(1.0, 0.9, 1.1, 10, 0.98, 0.93, 1.04).within_noise
+    assert not LatencyStats(1.0, 0.9, 1.1, 10, 0.70, 0.66, 0.75).within_noise
+    code, stdout, stderr = _cli(["optimize", model_path, "-o", tmp_path / "o.onnx"], capsys)
+    assert code == 0, stderr
+    (line,) = [text for text in stdout.splitlines() if text.startswith("latency ratio per round: 10-90 % ")]
+    assert any(verdict in line for verdict in ("within noise", "faster", "SLOWER than the original"))
