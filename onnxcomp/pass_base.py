@@ -106,14 +106,14 @@ class Pass(abc.ABC):
     def options(self) -> dict[str, Any]:
         """The configuration as plain values (for reports and recipes)."""
         return {
-            f.name: _plain(getattr(self.config, f.name)) for f in dataclasses.fields(self.config)
+            f.name: plain(getattr(self.config, f.name)) for f in dataclasses.fields(self.config)
         }
 
     def describe(self) -> str:
         changed = {
             k: v
             for k, v in self.options().items()
-            if v != _plain(_default_of(self.Config, k))
+            if v != plain(default_of(self.Config, k))
         }
         args = ", ".join(f"{k}={v}" for k, v in changed.items())
         return f"{self.name}({args})" if args else self.name
@@ -122,7 +122,7 @@ class Pass(abc.ABC):
         return f"<{type(self).__name__} {self.describe()}>"
 
 
-def _default_of(config_cls: type, field_name: str) -> Any:
+def default_of(config_cls: type, field_name: str) -> Any:
     for f in dataclasses.fields(config_cls):
         if f.name == field_name:
             if f.default is not dataclasses.MISSING:
@@ -132,11 +132,11 @@ def _default_of(config_cls: type, field_name: str) -> Any:
     return dataclasses.MISSING
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, tuple):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     return value

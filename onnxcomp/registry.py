@@ -36,7 +36,7 @@ from onnxcomp.passes.sparsify import Sparsify
 
 from .errors import UsageError
 from .options import config_from_options
-from .pass_base import Pass
+from .pass_base import Pass, default_of, plain
 from .pass_manager import Element, FixedPoint
 
 PASSES: Mapping[str, type[Pass]] = {
@@ -135,8 +135,9 @@ def describe_passes() -> list[dict[str, Any]]:
         hints = typing.get_type_hints(cls.Config)
         options = []
         for f in dataclasses.fields(cls.Config):
-            default = f.default if f.default is not dataclasses.MISSING else None
-            options.append({"name": f.name, "type": _type_name(hints.get(f.name)), "default": _plain(default)})
+            default = default_of(cls.Config, f.name)
+            default = None if default is dataclasses.MISSING else default
+            options.append({"name": f.name, "type": _type_name(hints.get(f.name)), "default": plain(default)})
         doc = (cls.__doc__ or "").strip().splitlines()
         rows.append(
             {
@@ -156,13 +157,3 @@ def _type_name(annotation: Any) -> str:
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return "|".join(str(m.value) for m in annotation)
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-
-
-def _plain(value: Any) -> Any:
-    import enum
-
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, tuple):
-        return list(value)
-    return value

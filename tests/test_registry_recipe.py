@@ -95,3 +95,11 @@ def test_missing_recipe_file(tmp_path):
 def test_parse_recipe_rejects_presets_with_options():
     with pytest.raises(RecipeError, match="preset 'cleanup' takes no options"):
         parse_recipe({"passes": [{"cleanup": {"x": 1}}]})
+
+
+def test_described_defaults_come_from_the_config_dataclasses():
+    """`onnxcomp passes` showed layer_ratios = None: a default_factory was read as no default."""
+    from onnxcomp.registry import describe_passes
+
+    options = {o["name"]: o["default"] for row in describe_passes() if row["name"] == "prune-channels" for o in row["options"]}
+    assert options["layer_ratios"] == {} and options["skip"] == [] and options["round_to"] == 16
