@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .data import Feed, InputSpec, input_specs, resolve_shapes
+from .data import Feed, InputSpec, check_override_names, input_specs, resolve_shapes
 from .model_io import default_opset, iter_tensors
 from .shapes import infer_model_shapes, shape_of, stub_large_tensors, value_infos
 
@@ -194,6 +194,7 @@ def model_stats(
     if sample is not None:
         shapes = {k: tuple(int(d) for d in np.shape(v)) for k, v in sample.items()}
     else:
+        check_override_names(specs, input_shapes)  # a misspelt name is an error, not silently unknown MACs
         try:
             shapes, assumed = resolve_shapes(specs, input_shapes)
         except Exception as err:  # noqa: BLE001 - MACs stay unknown, the rest is still useful

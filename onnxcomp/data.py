@@ -361,9 +361,7 @@ def resolve_shapes(
     """
     overrides = dict(overrides or {})
     dims = dict(dims or {})
-    unknown_names = sorted(set(overrides) - {s.name for s in specs})
-    if unknown_names:
-        raise DataError(f"--input-shape names unknown input(s) {', '.join(unknown_names)}; model inputs: {describe_inputs(specs)}")
+    check_override_names(specs, overrides)
     shapes: dict[str, tuple[int, ...]] = {}
     assumed: dict[str, int] = {}
     for spec in specs:
@@ -397,6 +395,13 @@ def resolve_shapes(
                 )
         shapes[spec.name] = tuple(resolved)
     return shapes, assumed
+
+
+def check_override_names(specs: Sequence[InputSpec], overrides: Mapping[str, Sequence[int]] | None) -> None:
+    """Raise DataError when ``--input-shape`` names an input the model does not have."""
+    unknown_names = sorted(set(overrides or {}) - {s.name for s in specs})
+    if unknown_names:
+        raise DataError(f"--input-shape names unknown input(s) {', '.join(unknown_names)}; model inputs: {describe_inputs(specs)}")
 
 
 def parse_shape_overrides(texts: Iterable[str]) -> dict[str, tuple[int, ...]]:

@@ -16,7 +16,9 @@ import onnx
 import pytest
 
 import builders
+import onnxcomp
 from onnxcomp.cli import main
+from onnxcomp.errors import DataError
 
 
 def _cli(args, capsys):
@@ -303,3 +305,11 @@ def test_latency_ratio_spread_and_noise_verdict(model_path, tmp_path, capsys):
     assert code == 0, stderr
     (line,) = [text for text in stdout.splitlines() if text.startswith("latency ratio per round: 10-90 % ")]
     assert any(verdict in line for verdict in ("within noise", "faster", "SLOWER than the original"))
+
+
+def test_inspect_refuses_an_unknown_input_name(model_path, capsys):
+    """A misspelt --input-shape was silently ignored (MACs unknown, exit 0); optimize refused it."""
+    code, _, stderr = _cli(["inspect", model_path, "--input-shape", "nope:1x3x16x16"], capsys)
+    assert code == 2 and "--input-shape names unknown input(s) nope" in stderr
+    with pytest.raises(DataError):
+        onnxcomp.inspect(model_path, input_shapes={"nope": (1, 3, 16, 16)})
