@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -236,28 +236,45 @@ def count_macs(
     shapes: Mapping[str, tuple[int, ...]],
     sample: Feed | None = None,
 ) -> tuple[list[LayerMacs], list[str]]:
-    """MACs of every compute layer, and the names of layers whose shapes stayed unknown."""
-    layers = [n for n in model.graph.node if n.op_type in MAC_OPS]
+    """MACs of every compute layer, and the names of layers whose shapes stayed unknown.
+
+    Layers inside ``If``/``Loop``/``Scan`` subgraphs count too, named
+    ``outer_node/attribute/layer``: each branch and each body once (both
+    branches of an ``If``, one iteration of a loop).
+    """
+    layers = [(path + (n.name or n.op_type), n) for path, g in _graphs(model.graph) for n in g.node if n.op_type in MAC_OPS]
     if not layers:
         return [], []
     if not shapes:
-        return [], [n.name or n.op_type for n in layers]
+        return [], [name for name, _ in layers]
     known = _shapes_with_fixed_inputs(model, specs, shapes)
+    main = {id(n) for n in model.graph.node}
     needed = set()
-    for node in layers:
+    for _, node in layers:
         for name in _operands(node):
-            if name and name not in known:
+            if name and name not in known and id(node) in main:  # only main-graph tensors can be exposed
                 needed.add(name)
     if needed:
         known.update(_shapes_by_running(model, specs, shapes, sample, needed))
     result, unresolved = [], []
-    for node in layers:
+    for name, node in layers:
         macs = _node_macs(node, known)
         if macs is None:
-            unresolved.append(node.name or node.op_type)
+            unresolved.append(name)
         else:
-            result.append(LayerMacs(node.name or node.op_type, node.op_type, macs))
+            result.append(LayerMacs(name, node.op_type, macs))
     return result, unresolved
+
+
+def _graphs(graph: onnx.GraphProto, path: str = "") -> Iterator[tuple[str, onnx.GraphProto]]:
+    """``graph`` and every subgraph under it, each with its path prefix."""
+    yield path, graph
+    for node in graph.node:
+        for a in node.attribute:
+            subgraphs = [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
+            for k, sub in enumerate(subgraphs):
+                suffix = a.name if len(subgraphs) == 1 else f"{a.name}[{k}]"
+                yield from _graphs(sub, f"{path}{node.name or node.op_type}/{suffix}/")
 
 
 def _operands(node: onnx.NodeProto) -> list[str]:
@@ -282,13 +299,17 @@ def _shapes_with_fixed_inputs(
                 dims.add().dim_value = int(d)
     inferred = infer_model_shapes(fixed)
     known: dict[str, tuple[int, ...]] = {}
-    for name, vi in value_infos(inferred).items():
+    infos = dict(value_infos(inferred))
+    for _, sub in list(_graphs(inferred.graph))[1:]:
+        infos.update({vi.name: vi for vi in [*sub.value_info, *sub.output, *sub.input]})
+    for name, vi in infos.items():
         shape = shape_of(vi)
         if shape is not None and all(isinstance(d, int) for d in shape):
             known[name] = tuple(int(d) for d in shape)
-    for tensor in model.graph.initializer:
+    graphs = [g for _, g in _graphs(model.graph)]
+    for tensor in (t for g in graphs for t in g.initializer):
         known[tensor.name] = tuple(int(d) for d in tensor.dims)
-    for node in model.graph.node:
+    for node in (n for g in graphs for n in g.node):
         if node.op_type == "Constant":
             for a in node.attribute:
                 if a.name == "value" and a.HasField("t"):

@@ -1,10 +1,12 @@
 """Parameter and MAC counting against hand counts."""
 
 import numpy as np
+import onnx
 import pytest
 from onnx import helper
 
 import builders
+import onnxcomp
 from builders import tensor, value
 from onnxcomp.analysis import model_stats
 
@@ -103,3 +105,32 @@ def test_shapes_resolved_by_running_when_inference_cannot(seed):
     m = builders.model(nodes, [value("x", [2, 6])], [value("y", ["a", "b"])], inits)
     stats = model_stats(m)
     assert stats.macs == 2 * 3 * 6
+
+
+def if_model() -> onnx.ModelProto:
+    """y = x @ W1 if flag else x @ W2: all of the compute inside the If's branches (as silero-vad)."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    def branch(name, weight):
+        return helper.make_graph(
+            [helper.make_node("MatMul", ["x", weight], [f"{name}_y"], name=f"{name}_matmul")], name, [],
+            [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, [1, 16])],
+        )  # fmt: skip
+    graph = helper.make_graph(
+        [helper.make_node("If", ["flag"], ["y"], name="choose", then_branch=branch("then", "w1"), else_branch=branch("else", "w2"))],
+        "if_model",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8]), helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])],
+        [onnx.numpy_helper.from_array(rng.normal(size=(8, 16)).astype(np.float32), n) for n in ("w1", "w2")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_macs_count_the_layers_inside_if_branches():
+    """inspect reported MACs 0 for a model whose compute sits in If branches."""
+    stats = onnxcomp.inspect(if_model())
+    assert {layer.node: layer.macs for layer in stats.layer_macs} == {
+        "choose/then_branch/then_matmul": 128, "choose/else_branch/else_matmul": 128,
+    }
+    assert stats.macs == 256

@@ -130,3 +130,16 @@ def test_dynamic_spatial_dims_without_data_are_verified_on_probe_sizes_not_refus
     assert code == 0, stderr
     assert "warning: not verified: the original model does not run on the assumed input sizes" in stdout
     assert (tmp_path / "f.onnx").exists()
+
+
+def test_quantizing_a_model_whose_compute_is_inside_if_branches_says_nothing_was_quantized(tmp_path, capsys):
+    """silero-vad's case: 'wrote ... 1.000x', exit 0, and only -v said nothing was quantized."""
+    from test_analysis import if_model
+
+    onnx.save(if_model(), str(tmp_path / "if.onnx"))
+    args = ["optimize", tmp_path / "if.onnx", "-o", tmp_path / "q.onnx", "--quantize", "int8-weights", "--no-latency"]
+    code, stdout, stderr = _cli(args, capsys)
+    assert code == 0, stderr
+    assert "warning: quantize-weights changed nothing" in stdout
+    code, _, stderr = _cli([*args[:3], tmp_path / "q2.onnx", *args[4:], "--strict"], capsys)
+    assert code == 4 and not (tmp_path / "q2.onnx").exists()
