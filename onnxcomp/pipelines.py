@@ -28,7 +28,7 @@ QUANTIZE_MODES["int8-accurate"] = lambda: [
 ]
 QUANTIZE_MODES["int8-mixed"] = lambda: [
     "equalize-cross-layer",
-    {"quantize-static": {"rounding": "reconstruct", "bias_correction": True, "max_drop": 0.01, "metric": "kl"}},
+    {"quantize-static": {"rounding": "reconstruct", "bias_correction": True, "max_drop": 0.01, "metric": "auto"}},
 ]
 
 
