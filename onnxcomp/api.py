@@ -274,6 +274,11 @@ NEXT_STEPS: dict[str, str] = {
 def _quality_gate(report: OptimizeReport, accept_drop: bool, ctx: PassContext) -> None:
     v = report.verification
     q = v.quality if v is not None else None
+    if q is not None and q.result.value is None and q.max_drop is not None:
+        ctx.warn(
+            f"the {q.metric} metric had nothing to measure on {v.data} (e.g. no detections, no text read), "
+            "so the quality budget was not applied; verify on data where the model finds something"
+        )
     if q is None or q.within_budget:
         return
     r = q.result

@@ -143,3 +143,14 @@ def test_quantizing_a_model_whose_compute_is_inside_if_branches_says_nothing_was
     assert "warning: quantize-weights changed nothing" in stdout
     code, _, stderr = _cli([*args[:3], tmp_path / "q2.onnx", *args[4:], "--strict"], capsys)
     assert code == 4 and not (tmp_path / "q2.onnx").exists()
+
+
+def test_a_metric_with_nothing_to_measure_says_the_budget_was_not_applied():
+    from test_quality import _scaling_model, detector_outputs
+
+    rng = np.random.default_rng(3)
+    feeds = [{"x": detector_outputs(rng, objects=0)} for _ in range(10)]  # no score reaches 0.25
+    result = onnxcomp.optimize(_scaling_model(np.ones(7)), ["cleanup"], data=feeds, latency=False)
+    assert result.report.verification.quality.metric == "detection"
+    assert result.report.verification.quality.result.value is None
+    assert any("had nothing to measure" in w for w in result.report.warnings)
