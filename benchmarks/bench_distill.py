@@ -12,7 +12,10 @@ unlabelled transfer set: the usual reason to export a teacher once). The KD
 student of the first seed then goes through `onnxcomp optimize --quantize int8`
 (static int8 when that mode exists, else cleanup only and `int8-dynamic`),
 and every stage is measured in onnxruntime: test accuracy, file size and
-interleaved batch-1 latency.
+interleaved batch-1 latency. The `distill train` row: the same student (same
+initial weights, exported to ONNX) trained by `onnxcomp distill train` on the
+ONNX graph from the same export, labels and settings, against the plain
+PyTorch KD student of the all-labels regime, seed by seed.
 
 Part 2 -- export on real models: EfficientNet-Lite1 (1000 ImageNet classes) on
 real photo crops and the PP-OCRv5 recogniser (18385 CTC classes) on rendered
@@ -161,7 +164,7 @@ def digits_kd(work: Path, seeds: int) -> None:
         f"{labelled.sum()} labels (10%) + teacher on all {len(y_train)}": {
             "labels_x": x_train[labelled], "labels_y": y_train[labelled], "labels_epochs": 1500, "kd_y": y_partial},
     }
-    kd_student = None
+    kd_student, plain_kd = None, None
     print(f"\nstudent test accuracy over {seeds} seeds (KD: alpha {ALPHA}, T {TEMPERATURE}):")
     print(f"{'regime':<38} {'labels only':>16} {'with teacher':>16} {'gain':>18}")
     for name, regime in regimes.items():
@@ -173,10 +176,34 @@ def digits_kd(work: Path, seeds: int) -> None:
             distilled.append(_torch_accuracy(b, x_test, y_test))
             if kd_student is None and regime["kd_y"] is y_partial:
                 kd_student, labels_student = b, a
+        plain_kd = distilled if plain_kd is None else plain_kd  # the all-labels regime
         gains = np.array(distilled) - np.array(plain)
         print(f"{name:<38} {_mean_sd(plain):>16} {_mean_sd(distilled):>16} {_mean_sd(gains, signed=True):>18}"
               f"  (KD better in {int((gains > 0).sum())}/{seeds} seeds)")
+    distill_train_row(work, Student, y_train, x_test, y_test, plain_kd)
     kd_then_ptq(work, teacher_path, labels_student, kd_student, x_test, y_test)
+
+
+def distill_train_row(work: Path, Student, y_train, x_test, y_test, plain_kd: list[float]) -> None:
+    """`onnxcomp distill train` on the ONNX student vs the plain PyTorch KD student (all labels), per seed."""
+    import torch
+
+    np.save(work / "labels.npy", y_train)
+    ours, seconds = [], []
+    for seed in range(len(plain_kd)):
+        torch.manual_seed(seed)  # the initial weights train() gives the plain student of this seed
+        student = export_onnx(Student(), work / f"student_init_{seed}.onnx")
+        started = time.perf_counter()
+        _onnxcomp("distill", "train", student, "--teacher-outputs", work / "kd", "--data", work / "train.npz",
+                  "-o", work / f"student_dt_{seed}.onnx", "--labels", work / "labels.npy", "--label-weight", 1 - ALPHA,
+                  "--temperature", TEMPERATURE, "--epochs", 150, "--lr", 3e-3, "--batch-size", 64, "--weight-decay", 1e-4,
+                  "--seed", seed, "--threads", 1, "-q")
+        seconds.append(time.perf_counter() - started)
+        ours.append(ort_accuracy(work / f"student_dt_{seed}.onnx", x_test, y_test))
+    diffs = np.array(ours) - np.array(plain_kd)
+    print(f"{'distill train (ONNX student, all labels)':<38} {_mean_sd(plain_kd):>16} {_mean_sd(ours):>16} "
+          f"{_mean_sd(diffs, signed=True):>18}  (plain PyTorch | onnxcomp | difference; "
+          f"{statistics.mean(seconds):.1f} s per run incl. start-up)")
 
 
 def _torch_accuracy(model, x, y) -> float:

@@ -12,6 +12,13 @@ student can be trained against them in any framework, as often as needed::
     for batch in outputs.batches(128, shuffle=True):
         ...  # losses.hinton_kd(student_logits, ...)
 
+A student ONNX model trains against an export with :func:`train` (on the
+graph itself, needs ``onnxcomp[train]``)::
+
+    from onnxcomp.distill import train
+
+    model, report = train("student.onnx", "kd/", "train.npz", epochs=30, output="student.trained.onnx")
+
 The PyTorch adapter (``onnxcomp.distill.torch_adapter``) imports torch only
 when used; the Ray backend (``backend="ray"``) needs ``onnxcomp[ray]``.
 """
@@ -20,6 +27,8 @@ from __future__ import annotations
 
 import importlib
 from typing import Any
+
+from ..errors import UsageError
 
 _EXPORTS = {
     "CropFlip": ".augment",
@@ -34,7 +43,25 @@ _EXPORTS = {
     "losses": ".losses",
 }
 
-__all__ = list(_EXPORTS)
+__all__ = [*_EXPORTS, "train"]
+
+
+def train(student: Any, teacher_outputs: Any, data: Any, **options: Any):
+    """Train an ONNX student against an export of a teacher's outputs: ``(ModelProto, report)``.
+
+    ``onnxcomp distill train`` as a function; the options and what is checked
+    are those of :func:`onnxcomp.train.distill.train_student`.
+
+    Raises:
+        UsageError: PyTorch is not installed (``pip install 'onnxcomp[train]'``), or a bad option.
+    """
+    try:
+        from ..train.distill import train_student
+    except ImportError as err:
+        if not (err.name or "").startswith("torch"):
+            raise
+        raise UsageError(f"distill train needs PyTorch ({err.name} is not installed): pip install 'onnxcomp[train]'") from None
+    return train_student(student, teacher_outputs, data, **options)
 
 
 def __getattr__(name: str) -> Any:

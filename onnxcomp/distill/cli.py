@@ -1,4 +1,4 @@
-"""``onnxcomp distill``: export a teacher's outputs, inspect and verify exports.
+"""``onnxcomp distill``: export a teacher's outputs, inspect and verify exports, train students on them.
 
 Only click is imported at module level, so registering the group keeps
 ``onnxcomp --help`` fast; the work is imported inside the commands.
@@ -112,6 +112,70 @@ def _add_image_options(command: click.Command) -> None:
 
 
 _add_image_options(export_command)
+
+
+def _parse_pairs(texts) -> dict[str, str]:
+    pairs = {}
+    for text in texts:
+        student, sep, teacher = text.partition("=")
+        if not sep or not student or not teacher:
+            raise UsageError(f"--pair expects STUDENT_OUTPUT=TEACHER_OUTPUT, got '{text}'")
+        pairs[student] = teacher
+    return pairs
+
+
+@distill.command("train")
+@click.argument("student", type=click.Path(path_type=Path))
+@click.option("--teacher-outputs", "export", required=True, type=click.Path(path_type=Path), help="The folder 'distill export' wrote.")
+@click.option(
+    "--data", required=True, type=click.Path(path_type=Path),
+    help="The samples the export was made from (checked: count and SHA-256 per shard).",
+)
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Trained model [default: STUDENT.trained.onnx].")
+@click.option("--epochs", type=click.IntRange(min=1), help="Passes over the data [default: 10 when no budget is given].")
+@click.option("--steps", type=click.IntRange(min=1), help="Optimizer steps at most.")
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), help="Wall-clock minutes at most.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True, help="Adam's learning rate.")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Adam's L2 penalty.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Rows per optimizer step.")
+@click.option(
+    "--temperature", type=click.FloatRange(min=0, min_open=True),
+    help="KD temperature [default: the export's --temperature, else 4].",
+)
+@click.option("--labels", type=click.Path(path_type=Path), help="Class labels, one per sample (.npy, export order; -100 = none).")
+@click.option(
+    "--label-weight", type=click.FloatRange(0, 1), default=0.1, show_default=True,
+    help="With --labels: loss = (1 - W) * KD + W * cross-entropy.",
+)
+@click.option("--pair", "pairs", multiple=True, metavar="STUDENT=TEACHER", help="Pair a student output with a teacher output of another name (repeatable).")
+@click.option("--heldout", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Fraction of samples held out for early stopping (the best weights on them are kept).")
+@click.option("--limit", type=click.IntRange(min=1), help="The --limit the export used.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the shuffle order.")
+@click.option("--threads", type=click.IntRange(min=1), help="torch threads [default: torch's setting].")
+@click.option("--no-data-check", is_flag=True, help="Skip hashing the data against the export (the sample count is still checked).")
+@_verbosity
+def train_command(student: Path, export: Path, data: Path, output: Path | None, epochs, steps, minutes, lr, weight_decay, batch_size,
+                  temperature, labels, label_weight, pairs, heldout, limit, seed, threads, no_data_check,
+                  verbose: int, quiet: bool) -> None:  # fmt: skip
+    """Train the ONNX model STUDENT against the teacher outputs exported in --teacher-outputs."""
+    _apply_verbosity(verbose, quiet)
+    from ..outputs import check_outputs_distinct
+    from . import train
+
+    output = output if output is not None else student.with_name(f"{student.stem}.trained.onnx")
+    check_outputs_distinct(
+        {"the student": student, "the teacher outputs (--teacher-outputs)": export, "the data (--data)": data,
+         "the labels (--labels)": labels},
+        {"the output (-o)": output, "its weights file": output.with_name(f"{output.name}.data")},
+    )  # fmt: skip
+    _, report = train(
+        student, export, data, output=output, epochs=epochs, steps=steps, minutes=minutes, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
+        temperature=temperature, labels=labels, label_weight=label_weight, pairs=_parse_pairs(pairs), limit=limit,
+        heldout=heldout, seed=seed, threads=threads, check_data=not no_data_check, progress=_progress(),
+    )  # fmt: skip
+    if not _State.quiet:
+        click.echo(report.summary())
 
 
 @distill.command("info")

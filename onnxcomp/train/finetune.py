@@ -34,15 +34,15 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
 
-from ..data import Dataset, Feed, input_specs, open_data
+from ..data import Feed, input_specs, open_data
 from ..errors import DataError, TrainingError, UsageError
 from ..progress import ProgressFactory, null_progress
 from ..runtime import create_session
@@ -155,74 +155,101 @@ def finetune(
         TrainingError: An unsupported op, a diverging loss, outputs that cannot
             be paired, or a trained graph onnxruntime evaluates differently.
     """
-    _check_options(epochs, steps, minutes, lr, batch_size, temperature, loss, patience, shuffle_buffer, threads)
+    check_options(epochs, steps, minutes, lr, batch_size, temperature, loss, patience, shuffle_buffer, threads)
     if epochs is None and steps is None and minutes is None:
         epochs = 1
     if eval_every is None and epochs is None and steps is not None:
         eval_every = max(1, steps // 10)
-    with _torch_threads(threads):
+    with torch_threads(threads):
         start = time.perf_counter()
-        module = _student_module(student, trainable, train_constants)
+        module = student_module(student, trainable, train_constants)
         session = create_session(teacher, intra_op_threads=threads)
         specs = input_specs(student)
         train_data = open_data(data, specs)
         held_data = open_data(heldout, specs) if heldout is not None else None
-        batcher = _Batcher(session, batch_size, concat=_dynamic_batch(student) and _dynamic_batch(teacher))
-        objective = _Objective(_pair_outputs(module, session), loss, temperature, _softmax_outputs(student))
-        objective.calibrate([_teacher(session, feed) for feed, _ in batcher.chunks(_take(train_data, batch_size))])
-        trainer = _Trainer(module, objective, batcher, held_data, patience, torch.optim.Adam, lr)
+        batcher = Batcher(batch_size, concat=dynamic_batch(student) and dynamic_batch(teacher))
+        objective = _Objective(_pair_outputs(module, session), loss, temperature, softmax_outputs(student))
+        objective.calibrate([_teacher(session, feed) for feed, _ in batcher.chunks(take(train_data, batch_size))])
+        report = FinetuneReport(batching="concat" if batcher.concat else "accumulate", losses=dict(objective.kinds))
+        task = _LiveTeacher(session, batcher, objective)
+        trainer = Trainer(module, task, held_data, patience, torch.optim.Adam, lr, report)
 
         rng = np.random.default_rng(seed)
-        deadline = start + minutes * 60 if minutes is not None else math.inf
-        bar = progress(steps, "fine-tune", "step")
-        try:
-            while epochs is None or trainer.report.epochs < epochs:
-                stop = trainer.epoch(_shuffled(train_data, shuffle_buffer, rng), steps, deadline, eval_every, bar)
-                if trainer.report.samples == 0:
-                    raise DataError(f"{train_data.description}: contains no samples")
-                if stop:
-                    trainer.report.stopped = stop
-                    break
-        finally:
-            bar.close()
+        run_epochs(trainer, lambda: shuffled(train_data, shuffle_buffer, rng), epochs=epochs, steps=steps,
+                   deadline=start + minutes * 60 if minutes is not None else math.inf, eval_every=eval_every,
+                   bar=progress(steps, "fine-tune", "step"), empty=f"{train_data.description}: contains no samples")
         report = trainer.finish()
         trained = write_back(student, module)
         if check:
-            report.agreement = check_agreement(trained, _take(held_data or train_data, 4))
+            report.agreement = check_agreement(trained, take(held_data or train_data, 4))
         report.seconds = time.perf_counter() - start
         logger.info("%s", report.summary())
         return trained, report
 
 
-class _Trainer:
+def run_epochs(trainer: Trainer, samples: Callable[[], Iterator[Any]], *, epochs: int | None, steps: int | None,
+               deadline: float, eval_every: int | None, bar, empty: str) -> None:
+    """Epochs of ``trainer`` over ``samples()`` (a fresh iterator per epoch) until the budget says stop.
+
+    Sets ``trainer.report.stopped``; closes ``bar``.
+
+    Raises:
+        DataError: The first epoch saw no sample (message ``empty``).
+    """
+    try:
+        while epochs is None or trainer.report.epochs < epochs:
+            stop = trainer.epoch(samples(), steps, deadline, eval_every, bar)
+            if trainer.report.samples == 0:
+                raise DataError(empty)
+            if stop:
+                trainer.report.stopped = stop
+                break
+    finally:
+        bar.close()
+
+
+class Task(Protocol):
+    """What the training loop needs to know about the samples and the loss.
+
+    ``chunks`` splits a batch (a list of items, e.g. feeds) into forward passes
+    with their sample counts; ``loss`` is the mean loss of one chunk.
+    """
+
+    batch_size: int
+
+    def chunks(self, batch: Sequence[Any]) -> list[tuple[Any, int]]: ...
+
+    def loss(self, module: GraphModule, chunk: Any) -> torch.Tensor: ...
+
+
+class Trainer:
     """The training loop's state: optimizer steps, held-out evaluations, the best weights so far."""
 
-    def __init__(self, module: GraphModule, objective: _Objective, batcher: _Batcher, heldout: Dataset | None,
-                 patience: int, optimizer, lr: float):
-        self.module, self.objective, self.batcher, self.heldout, self.patience = module, objective, batcher, heldout, patience
+    def __init__(self, module: GraphModule, task: Task, heldout: Iterable[Any] | None,
+                 patience: int, optimizer, lr: float, report: FinetuneReport):
+        self.module, self.task, self.heldout, self.patience = module, task, heldout, patience
         params = [p for _, p in module.named_weights()]
         self.optimizer = optimizer(params, lr=lr)
         self.lr = lr
-        self.report = FinetuneReport(batching="concat" if batcher.concat else "accumulate", losses=dict(objective.kinds),
-                                     trained_tensors=len(params), trained_elements=sum(p.numel() for p in params))
+        self.report = report
+        report.trained_tensors, report.trained_elements = len(params), sum(p.numel() for p in params)
         self.curve: list[float] = []
         self.best = _snapshot(module)
         self.bad_evaluations = 0
         if heldout is not None:
-            report = self.report
-            report.heldout_before = report.heldout_after = _evaluate(module, objective, batcher, heldout)
+            report.heldout_before = report.heldout_after = _evaluate(module, task, heldout)
             report.best_step = report.evaluated_at = 0
             logger.info("held-out loss before fine-tuning: %.6g", report.heldout_before)
 
-    def epoch(self, samples: Iterator[Feed], steps: int | None, deadline: float, eval_every: int | None, bar) -> str | None:
+    def epoch(self, samples: Iterator[Any], steps: int | None, deadline: float, eval_every: int | None, bar) -> str | None:
         """One pass over the data; returns why training must stop, or None to go on."""
         report = self.report
-        for batch in _batches(samples, self.batcher.batch_size):
-            value = _step(self.module, self.objective, self.batcher, self.optimizer, batch)
+        for batch in _batches(samples, self.task.batch_size):
+            value, count = _step(self.module, self.task, self.optimizer, batch)
             if not math.isfinite(value):
                 raise TrainingError(f"the loss is not finite at step {report.steps + 1} (lower the learning rate, now {self.lr:g})")
             report.steps += 1
-            report.samples += sum(_count(s) for s in batch)
+            report.samples += count
             self.curve.append(value)
             bar.update(1)
             if eval_every and report.steps % eval_every == 0 and self.evaluate():
@@ -240,7 +267,7 @@ class _Trainer:
         if self.heldout is None:
             return False
         report = self.report
-        value = _evaluate(self.module, self.objective, self.batcher, self.heldout)
+        value = _evaluate(self.module, self.task, self.heldout)
         report.evaluated_at = report.steps
         logger.info("step %d: held-out loss %.6g", report.steps, value)
         if value < report.heldout_after:
@@ -266,7 +293,7 @@ class _Trainer:
 
 
 @contextlib.contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
+def torch_threads(threads: int | None) -> Iterator[None]:
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -276,7 +303,7 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _check_options(epochs, steps, minutes, lr, batch_size, temperature, loss, patience, shuffle_buffer, threads) -> None:
+def check_options(epochs, steps, minutes, lr, batch_size, temperature, loss, patience, shuffle_buffer, threads) -> None:
     for name, value in (("epochs", epochs), ("steps", steps), ("minutes", minutes), ("threads", threads)):
         if value is not None and value <= 0:
             raise UsageError(f"{name} must be positive, got {value}")
@@ -288,7 +315,7 @@ def _check_options(epochs, steps, minutes, lr, batch_size, temperature, loss, pa
         raise UsageError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
 
 
-def _student_module(student, trainable, train_constants) -> GraphModule:
+def student_module(student, trainable, train_constants) -> GraphModule:
     module = GraphModule(student, trainable=trainable, train_constants=bool(train_constants))
     if train_constants is None and not any(True for _ in module.named_weights()):
         module = GraphModule(student, trainable=trainable, train_constants=True)
@@ -297,7 +324,7 @@ def _student_module(student, trainable, train_constants) -> GraphModule:
     return module
 
 
-def _dynamic_batch(model: onnx.ModelProto) -> bool:
+def dynamic_batch(model: onnx.ModelProto) -> bool:
     specs = input_specs(model)
     return all(s.shape is not None and s.shape and not isinstance(s.shape[0], int) for s in specs)
 
@@ -313,7 +340,7 @@ def _pair_outputs(module: GraphModule, session) -> list[tuple[str, str]]:
     raise TrainingError(f"cannot pair the student's outputs {student} with the teacher's {teacher}")
 
 
-def _softmax_outputs(model: onnx.ModelProto) -> dict[str, str]:
+def softmax_outputs(model: onnx.ModelProto) -> dict[str, str]:
     """Graph outputs made by a Softmax / LogSoftmax over the last axis: name -> op type."""
     ranks = {o.name: len(o.type.tensor_type.shape.dim) if o.type.tensor_type.HasField("shape") else None for o in model.graph.output}
     found = {}
@@ -381,28 +408,47 @@ class _Objective:
         return temp**2 * (log_pt.exp() * (log_pt - log_ps)).sum(dim=-1).mean()
 
 
-class _Batcher:
+class Batcher:
     """Turns a list of samples into chunks the models can run: concatenated, or one by one."""
 
-    def __init__(self, session, batch_size: int, concat: bool):
-        self.session, self.batch_size, self.concat = session, batch_size, concat
+    def __init__(self, batch_size: int, concat: bool):
+        self.batch_size, self.concat = batch_size, concat
+
+    def groups(self, samples: Sequence[Feed]) -> list[list[int]]:
+        """The samples' indices per forward pass (samples of one shape together when concatenating)."""
+        if not self.concat:
+            return [[i] for i in range(len(samples))]
+        groups: dict[tuple, list[int]] = {}
+        for i, s in enumerate(samples):
+            groups.setdefault(tuple((k, v.shape[1:], v.dtype.str) for k, v in sorted(s.items())), []).append(i)
+        return list(groups.values())
 
     def chunks(self, samples: Sequence[Feed]) -> list[tuple[Feed, int]]:
         """(feed, sample count) per forward pass."""
-        if not self.concat:
-            return [(s, _count(s)) for s in samples]
-        groups: dict[tuple, list[Feed]] = {}
-        for s in samples:
-            groups.setdefault(tuple((k, v.shape[1:], v.dtype.str) for k, v in sorted(s.items())), []).append(s)
-        return [(_merge(group), sum(_count(s) for s in group)) for group in groups.values()]
+        return [(merge([samples[i] for i in group]), sum(count_samples(samples[i]) for i in group))
+                for group in self.groups(samples)]
 
 
-def _count(sample: Feed) -> int:
+class _LiveTeacher:
+    """The task of :func:`finetune`: the loss against the teacher run in onnxruntime on the same feed."""
+
+    def __init__(self, session, batcher: Batcher, objective: _Objective):
+        self.session, self.batcher, self.objective = session, batcher, objective
+        self.batch_size = batcher.batch_size
+
+    def chunks(self, batch: Sequence[Feed]) -> list[tuple[Feed, int]]:
+        return self.batcher.chunks(batch)
+
+    def loss(self, module: GraphModule, chunk: Feed) -> torch.Tensor:
+        return self.objective(module(chunk), _teacher(self.session, chunk))
+
+
+def count_samples(sample: Feed) -> int:
     first = next(iter(sample.values()))
     return int(first.shape[0]) if first.ndim else 1
 
 
-def _merge(samples: Sequence[Feed]) -> Feed:
+def merge(samples: Sequence[Feed]) -> Feed:
     if len(samples) == 1:
         return dict(samples[0])
     return {k: np.concatenate([s[k] for s in samples], axis=0) for k in samples[0]}
@@ -414,26 +460,27 @@ def _teacher(session, feed: Feed) -> dict[str, np.ndarray]:
     return dict(zip(names, values))
 
 
-def _step(module, objective, batcher, optimizer, batch: Sequence[Feed]) -> float:
+def _step(module, task: Task, optimizer, batch: Sequence[Any]) -> tuple[float, int]:
+    """One optimizer step over ``batch``: (its mean loss, its sample count)."""
     optimizer.zero_grad(set_to_none=True)
-    chunks = batcher.chunks(batch)
+    chunks = task.chunks(batch)
     total = sum(n for _, n in chunks)
     value = 0.0
-    for feed, n in chunks:
-        loss = objective(module(feed), _teacher(batcher.session, feed)) * (n / total)
+    for chunk, n in chunks:
+        loss = task.loss(module, chunk) * (n / total)
         loss.backward()
         value += float(loss.detach())
     optimizer.step()
-    return value
+    return value, total
 
 
 @torch.no_grad()
-def _evaluate(module, objective, batcher, data: Dataset) -> float:
+def _evaluate(module, task: Task, data: Iterable[Any]) -> float:
     """Mean loss per sample over ``data`` (streamed in batches)."""
     weighted, count = 0.0, 0
-    for batch in _batches(iter(data), batcher.batch_size):
-        for feed, n in batcher.chunks(batch):
-            weighted += float(objective(module(feed), _teacher(batcher.session, feed))) * n
+    for batch in _batches(iter(data), task.batch_size):
+        for chunk, n in task.chunks(batch):
+            weighted += float(task.loss(module, chunk)) * n
             count += n
     if not count:
         raise DataError("the held-out data contains no samples")
@@ -458,9 +505,9 @@ def _stop_reason(step: int, steps: int | None, deadline: float) -> str | None:
     return None
 
 
-def _shuffled(data: Iterable[Feed], buffer_size: int, rng: np.random.Generator) -> Iterator[Feed]:
+def shuffled(data: Iterable[Any], buffer_size: int, rng: np.random.Generator) -> Iterator[Any]:
     """Samples in a seeded random order, holding at most ``buffer_size`` at a time."""
-    buffer: list[Feed] = []
+    buffer: list[Any] = []
     for sample in data:
         if len(buffer) < buffer_size:
             buffer.append(sample)
@@ -472,8 +519,8 @@ def _shuffled(data: Iterable[Feed], buffer_size: int, rng: np.random.Generator) 
     yield from buffer
 
 
-def _batches(samples: Iterator[Feed], size: int) -> Iterator[list[Feed]]:
-    batch: list[Feed] = []
+def _batches(samples: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
     for sample in samples:
         batch.append(sample)
         if len(batch) == size:
@@ -483,7 +530,7 @@ def _batches(samples: Iterator[Feed], size: int) -> Iterator[list[Feed]]:
         yield batch
 
 
-def _take(data: Iterable[Feed], count: int) -> list[Feed]:
+def take(data: Iterable[Feed], count: int) -> list[Feed]:
     out = []
     for sample in data:
         out.append(sample)
