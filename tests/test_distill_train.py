@@ -266,3 +266,23 @@ def test_features_topk_and_augmented_views(digits, tmp_path, capsys):
     assert report.pairs == {"logits": "top-k KL to logits.topk_values", "r": "normalised MSE to r"}
     assert report.temperature == 2.0 and report.rows == 240  # the export's temperature; 120 samples x 2 views
     assert report.loss_last < 0.8 * report.loss_first and report.agreement.ok
+
+
+def test_interrupted_training_writes_nothing(digits, tmp_path):
+    class Interrupting:
+        def __init__(self, *args):
+            self.steps = 0
+
+        def update(self, n=1):
+            self.steps += n
+            if self.steps == 5:
+                raise KeyboardInterrupt
+
+        def close(self):
+            pass
+
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        train(to_onnx(mlp(16)), digits["work"] / "kd", digits["work"] / "train.npz", epochs=3, threads=1,
+              output=tmp_path / "out.onnx", progress=Interrupting)
+    assert list(tmp_path.iterdir()) == []
