@@ -201,7 +201,7 @@ def distill_train_row(work: Path, Student, y_train, x_test, y_test, plain_kd: li
         seconds.append(time.perf_counter() - started)
         ours.append(ort_accuracy(work / f"student_dt_{seed}.onnx", x_test, y_test))
     diffs = np.array(ours) - np.array(plain_kd)
-    print(f"{'distill train (ONNX student, all labels)':<38} {_mean_sd(plain_kd):>16} {_mean_sd(ours):>16} "
+    print(f"{'onnxcomp distill train (all labels)':<38} {_mean_sd(plain_kd):>16} {_mean_sd(ours):>16} "
           f"{_mean_sd(diffs, signed=True):>18}  (plain PyTorch | onnxcomp | difference; "
           f"{statistics.mean(seconds):.1f} s per run incl. start-up)")
 
