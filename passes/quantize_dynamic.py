@@ -22,38 +22,19 @@ output error of the layers reading it on the first ``search_samples`` samples
 from __future__ import annotations
 
 import dataclasses
-import enum
 import logging
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxcomp.activations import iterate_activations
 from onnxcomp.context import PassContext
 from onnxcomp.graph import Namer
 from onnxcomp.pass_base import Pass, PassResult, Stage
-from onnxcomp.quantization.dynamic import (
-    WeightLayer,
-    add_dynamic_quantize,
-    dynamic_matmul_error,
-    replace_with_integer_matmul,
-    smoothing_factors,
-)
+from onnxcomp.quantization.dynamic import WeightLayer, group_by_activation, quantize_layer_groups
+from onnxcomp.quantization.smoothing import Smoothing, activation_statistics, choose_factors, dynamic_matmul_error
 from onnxcomp.quantization.weight_only import WeightSelectionConfig, quantize_embedding
 
 logger = logging.getLogger(__name__)
-
-
-class Smoothing(enum.Enum):
-    """How activation outliers are migrated into weights (SmoothQuant)."""
-
-    AUTO = "auto"
-    FIXED = "fixed"
-    OFF = "off"
-
-
-SMOOTH_CANDIDATES = (0.5, 0.6, 0.7, 0.8, 0.9)
-"""Migration strengths ``smoothing=auto`` tries per activation (besides none)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,18 +77,10 @@ class QuantizeDynamic(Pass):
         layers, tables = config.select(graph)
         if not layers and not tables:
             return PassResult(graph, False, {"layers": 0, "embeddings": 0})
-        groups = _group_by_activation(layers)
+        groups = group_by_activation(layers)
         smooth = self._smoothing(graph, ctx, groups) if self._smooths(ctx) and groups else {}
         namer = Namer(graph)
-        sqnr = {}
-        for members in groups.values():
-            activation = members[0].activation
-            factors = smooth.get(activation.name)
-            qinput = add_dynamic_quantize(graph, namer, activation, factors)
-            for layer in members:
-                sqnr[layer.node.name] = replace_with_integer_matmul(
-                    graph, namer, layer, qinput, per_channel=config.per_channel, smooth=factors
-                )
+        sqnr = quantize_layer_groups(graph, namer, groups, smooth, per_channel=config.per_channel)
         for table in tables:
             sqnr[table.table.name] = quantize_embedding(graph, namer, table)
         graph.cleanup()
@@ -132,67 +105,17 @@ class QuantizeDynamic(Pass):
 
     def _smoothing(self, graph: gs.Graph, ctx: PassContext, groups: dict[str, list[WeightLayer]]) -> dict[str, np.ndarray]:
         """Smoothing factors per activation name (only where they reduce the simulated error)."""
-        absmax, samples = _activation_statistics(ctx, ctx.export(graph), list(groups), self.config.search_samples)
-        chosen: dict[str, np.ndarray] = {}
-        alphas: dict[str, float | None] = {}
-        layer_errors: dict[str, float] = {}
-        for name, members in groups.items():
-            if name not in absmax:
-                continue
-            weights = [layer.weight for layer in members]
-            if self.config.smoothing is Smoothing.FIXED:
-                alphas[name] = self.config.smooth_alpha
-            else:
-                alphas[name], errors = _best_alpha(samples[name], absmax[name], weights, self.config.per_channel)
-                for layer, error in zip(members, errors):
-                    layer_errors[layer.node.name] = round(error, 8)
-            if alphas[name] is not None:
-                chosen[name] = smoothing_factors(absmax[name], weights, alphas[name])
+        absmax, samples = activation_statistics(ctx.export(graph), ctx.data, list(groups), self.config.search_samples, progress=ctx.progress)
+        weights = {name: [layer.weight for layer in members] for name, members in groups.items()}
+        chosen, alphas, errors = choose_factors(
+            absmax, samples, weights, self.config.smoothing,
+            fixed_alpha=self.config.smooth_alpha, error=dynamic_matmul_error, per_channel=self.config.per_channel,
+        )
         ctx.artifacts[f"{self.name}.smooth_alpha"] = alphas
+        layer_errors = {
+            layer.node.name: round(error, 8) for name, errs in errors.items() for layer, error in zip(groups[name], errs)
+        }
         if layer_errors:
             ctx.artifacts[f"{self.name}.simulated_relative_error"] = layer_errors
         return chosen
 
-
-def _activation_statistics(
-    ctx: PassContext, model, names: list[str], keep: int
-) -> tuple[dict[str, np.ndarray], dict[str, list[np.ndarray]]]:
-    """Per-channel max |x| over all calibration samples, and the first ``keep`` samples of each tensor."""
-    absmax: dict[str, np.ndarray] = {}
-    samples: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    for index, (_, values) in enumerate(
-        iterate_activations(model, ctx.data, names, progress=ctx.progress, desc="smoothing statistics")
-    ):
-        for name, value in values.items():
-            channel = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
-            absmax[name] = channel if name not in absmax else np.maximum(absmax[name], channel)
-            if index < keep:
-                samples[name].append(value)
-    return absmax, samples
-
-
-def _best_alpha(
-    samples: list[np.ndarray], absmax: np.ndarray, weights: list[np.ndarray], per_channel: bool
-) -> tuple[float | None, list[float]]:
-    """The candidate strength (None = no smoothing) with the least relative output error
-    summed over the readers, and each reader's relative squared error with it."""
-    energies = [sum(float(np.sum((x.reshape(-1, x.shape[-1]) @ w).astype(np.float64) ** 2)) for x in samples) for w in weights]
-
-    def errors(alpha: float | None) -> list[float]:
-        smooth = None if alpha is None else smoothing_factors(absmax, weights, alpha)
-        return [
-            dynamic_matmul_error(samples, w, smooth, per_channel=per_channel) / max(energy, 1e-30)
-            for w, energy in zip(weights, energies)
-        ]
-
-    results = {alpha: errors(alpha) for alpha in (None, *SMOOTH_CANDIDATES)}
-    best = min(results, key=lambda a: sum(results[a]))
-    return best, results[best]
-
-
-def _group_by_activation(layers: list[WeightLayer]) -> dict[str, list[WeightLayer]]:
-    """Layers keyed by the name of the activation they read (names are unique in a graph)."""
-    groups: dict[str, list[WeightLayer]] = {}
-    for layer in layers:
-        groups.setdefault(layer.activation.name, []).append(layer)
-    return groups

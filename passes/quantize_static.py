@@ -30,10 +30,13 @@ import onnx_graphsurgeon as gs
 
 from onnxcomp.context import PassContext
 from onnxcomp.errors import OutputError, UsageError
+from onnxcomp.graph import Namer
+from onnxcomp.ir import export_model, import_graph
 from onnxcomp.model_io import default_opset
 from onnxcomp.pass_base import Pass, PassConfig, PassResult, Stage
 from onnxcomp.quantization.bias_correction import corrected_biases, input_channel_means
 from onnxcomp.quantization.calibration import collect_statistics, model_fingerprint
+from onnxcomp.quantization.dynamic import find_weight_layers, group_by_activation
 from onnxcomp.quantization.holdout import split_holdout
 from onnxcomp.quantization.observers import RangeMethod, Statistics
 from onnxcomp.quantization.opset import ensure_opset
@@ -41,8 +44,17 @@ from onnxcomp.quantization.placement import LayerPolicy, PlacementOptions
 from onnxcomp.quantization.qparams import QuantType
 from onnxcomp.quantization.reconstruction import input_hessians, reconstructed_values
 from onnxcomp.quantization.sensitivity import Evaluator, Metric, choose_float_layers
+from onnxcomp.quantization.smoothing import (
+    Smoothing,
+    activation_statistics,
+    choose_factors,
+    dynamic_matmul_error,
+    smooth_layers,
+    static_matmul_error,
+)
 from onnxcomp.quantization.sqnr_report import sqnr_rows, tensor_sqnr
 from onnxcomp.quantization.static import (
+    DynamicLayers,
     StaticOptions,
     StaticQuantizer,
     compute_layer_names,
@@ -50,6 +62,7 @@ from onnxcomp.quantization.static import (
     input_params,
     observations,
 )
+from onnxcomp.quantization.transformer import is_normalized, is_transformer
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +74,21 @@ class Rounding(enum.Enum):
 
     NEAREST = "nearest"
     RECONSTRUCT = "reconstruct"
+
+
+class Scheme(enum.Enum):
+    """Which placement rules apply (see :mod:`onnxcomp.quantization.placement`)."""
+
+    AUTO = "auto"
+    CNN = "cnn"
+    TRANSFORMER = "transformer"
+
+
+class InputQuantization(enum.Enum):
+    """How an activation read by linear layers is quantized."""
+
+    STATIC = "static"
+    DYNAMIC = "dynamic"
 
 
 class ActivationType(enum.Enum):
@@ -76,7 +104,10 @@ class QuantizeStaticConfig(PassConfig):
 
     Attributes:
         method: How activation ranges are chosen: minmax, moving-average,
-            percentile, entropy (KL) or mse.
+            percentile, entropy (KL) or mse. Default: mse, or minmax in the
+            transformer scheme (whose rare large activations, e.g. of the
+            GELU outputs, must not be clipped: mse loses 0.001 of MiniLM's
+            embedding cosine there).
         percentile: Percentile kept for ``method=percentile`` (e.g. 99.99).
         activations: uint8 (fastest on x86) or int8.
         symmetric_activations: Zero point in the middle of the range (disables
@@ -105,9 +136,31 @@ class QuantizeStaticConfig(PassConfig):
             (:mod:`onnxcomp.quantization.reconstruction`).
         recovery_samples: Calibration samples used by bias correction and
             rounding reconstruction.
+        scheme: ``auto`` uses the transformer scheme when the model has
+            attention, Softmax and LayerNorm
+            (:func:`onnxcomp.quantization.transformer.is_transformer`), else
+            the general one; ``cnn`` or ``transformer`` force one.
+        attention_matmuls: Transformer scheme: also quantize the attention
+            score MatMul (``Q @ K^T``).
+        smoothing: Transformer scheme: migrate activation outliers of the
+            MatMul/Gemm inputs into their weights (SmoothQuant,
+            :mod:`onnxcomp.quantization.smoothing`): ``auto`` picks the
+            strength per activation (or none) by simulated error on
+            ``search_samples`` calibration samples, ``fixed`` uses
+            ``smooth_alpha``, ``off`` disables it.
+        smooth_alpha: Migration strength for ``smoothing=fixed``.
+        unnormalized_inputs: Transformer scheme: ``dynamic`` quantizes the
+            inputs of the MatMul/Gemm layers that do not read a LayerNorm
+            output (the attention output projection reading the attention
+            context, the FFN down-projection reading the GELU output) at run
+            time (DynamicQuantizeLinear + MatMulInteger, as ``int8-dynamic``);
+            ``static`` gives them a calibrated range like the others. Their
+            rare per-input peaks exceed a calibrated range on unseen inputs
+            (:func:`onnxcomp.quantization.transformer.is_normalized`).
+        search_samples: Calibration samples the ``auto`` search simulates.
     """
 
-    method: RangeMethod = RangeMethod.MSE
+    method: RangeMethod | None = None
     percentile: float = 99.99
     activations: ActivationType = ActivationType.UINT8
     symmetric_activations: bool = False
@@ -125,8 +178,18 @@ class QuantizeStaticConfig(PassConfig):
     bias_correction: bool = False
     rounding: Rounding = Rounding.NEAREST
     recovery_samples: int = 32
+    scheme: Scheme = Scheme.AUTO
+    attention_matmuls: bool = True
+    smoothing: Smoothing = Smoothing.AUTO
+    smooth_alpha: float = 0.8
+    search_samples: int = 16
+    unnormalized_inputs: InputQuantization = InputQuantization.DYNAMIC
 
     def validate(self) -> None:
+        if not 0.0 <= self.smooth_alpha <= 1.0:
+            raise ValueError(f"smooth_alpha must be in [0, 1], got {self.smooth_alpha}")
+        if self.search_samples < 1:
+            raise ValueError(f"search_samples must be >= 1, got {self.search_samples}")
         if not 50.0 < self.percentile <= 100.0:
             raise ValueError(f"percentile must be in (50, 100], got {self.percentile}")
         if self.max_drop is not None and self.max_drop < 0:
@@ -138,9 +201,10 @@ class QuantizeStaticConfig(PassConfig):
         if self.report_samples < 0:
             raise ValueError(f"report_samples must be >= 0, got {self.report_samples}")
 
-    def static_options(self) -> StaticOptions:
+    def static_options(self, transformer: bool = False) -> StaticOptions:
+        method = self.method or (RangeMethod.MINMAX if transformer else RangeMethod.MSE)
         return StaticOptions(
-            method=self.method,
+            method=method,
             percentile=self.percentile,
             activation_type=QuantType(self.activations.value),
             symmetric_activations=self.symmetric_activations,
@@ -150,6 +214,8 @@ class QuantizeStaticConfig(PassConfig):
                 exclude_op_types=self.exclude_op_types,
                 first_layer=self.first_layer,
                 last_layer=self.last_layer,
+                transformer=transformer,
+                attention_matmuls=self.attention_matmuls,
             ),
         )
 
@@ -173,15 +239,34 @@ class QuantizeStatic(Pass):
             model, opset, reason = ensure_opset(model, PER_CHANNEL_OPSET, data.first())
             if reason:
                 ctx.warn(f"{self.name}: {reason}; weights are quantized per tensor")
-        quantizer = StaticQuantizer(model, None, self.config.static_options(), opset)
+        transformer = self.config.scheme is Scheme.TRANSFORMER or (self.config.scheme is Scheme.AUTO and is_transformer(graph))
+        options = self.config.static_options(transformer)
+        quantizer = StaticQuantizer(model, None, options, opset)
         _, plan = quantizer.plan()
+        dynamic: frozenset[str] = frozenset()
+        if transformer and self.config.unnormalized_inputs is InputQuantization.DYNAMIC:
+            dynamic = frozenset(
+                layer.name for layer in plan.layers
+                if layer.node.op in ("MatMul", "Gemm") and not is_normalized(layer.activation)
+            )
+            if dynamic:
+                placement = dataclasses.replace(options.placement, exclude=options.placement.exclude + tuple(sorted(dynamic)))
+                quantizer = StaticQuantizer(model, None, dataclasses.replace(options, placement=placement), opset)
+                _, plan = quantizer.plan()
         if not plan.points:
             return PassResult(graph, False, {"quantized_tensors": 0})
         calibration_data, held_out = data, []
         if self.config.max_drop is not None:
             calibration_data, held_out = split_holdout(data, limit=self.config.holdout)
+        artifacts: dict = {}
+        dynamic_smooth: dict = {}
+        if transformer and self.config.smoothing is not Smoothing.OFF:
+            model, dynamic_smooth = self._smooth(model, plan, dynamic, calibration_data, ctx, artifacts)
+            quantizer = StaticQuantizer(model, None, quantizer.options, opset)
+            _, plan = quantizer.plan()
+        quantizer.dynamic_layers = DynamicLayers(dynamic, dynamic_smooth, self.config.per_channel)
         quantizer.stats = self._statistics(model, calibration_data, observations(plan), ctx)
-        artifacts: dict = {"calibration_samples": quantizer.stats.samples}
+        artifacts["calibration_samples"] = quantizer.stats.samples
         if self.config.rounding is Rounding.RECONSTRUCT:
             quantizer.weight_values = self._reconstruct(quantizer, plan, calibration_data, ctx)
         feeds = self._recovery_feeds(calibration_data)
@@ -204,6 +289,10 @@ class QuantizeStatic(Pass):
             "float_layers": len(excluded),
             "calibration_samples": quantizer.stats.samples,
         }
+        if transformer:
+            summary["scheme"] = "transformer"
+            summary["smoothed_inputs"] = artifacts.get("smoothed_inputs", 0)
+            summary["dynamic_layers"] = len(dynamic)
         return PassResult(result.graph, True, summary)
 
     def _statistics(self, model, data, wanted, ctx: PassContext) -> Statistics:
@@ -231,6 +320,42 @@ class QuantizeStatic(Pass):
             except OSError as err:
                 raise OutputError(f"{self.name}: cannot write statistics file {path}: {err}") from err
         return stats
+
+    def _smooth(self, model, plan, dynamic: frozenset[str], data, ctx: PassContext, artifacts: dict):
+        """SmoothQuant on the inputs of the plan's MatMul/Gemm layers (and of the dynamic ones).
+
+        Returns the model with the static layers' smoothing applied, and the
+        factors of the dynamic layers' activations (applied by their rewrite).
+        One run over ``data`` collects the statistics of both.
+        """
+        quantized = set(plan.observed_names())
+        names = {layer.name for layer in plan.layers if layer.node.op in ("MatMul", "Gemm") and layer.activation.name in quantized}
+        graph = import_graph(model)
+        layers = find_weight_layers(graph)
+        static = group_by_activation([layer for layer in layers if layer.node.name in names])
+        dynamic_groups = group_by_activation([layer for layer in layers if layer.node.name in dynamic])
+        if not static and not dynamic_groups:
+            return model, {}
+        absmax, samples = activation_statistics(
+            model, data, [*static, *dynamic_groups], self.config.search_samples, progress=ctx.progress
+        )
+        alphas: dict = {}
+        chosen = {}
+        for groups, error in ((static, static_matmul_error), (dynamic_groups, dynamic_matmul_error)):
+            weights = {name: [layer.weight for layer in members] for name, members in groups.items()}
+            chosen[error], found, _ = choose_factors(
+                absmax, samples, weights, self.config.smoothing,
+                fixed_alpha=self.config.smooth_alpha, error=error, per_channel=self.config.per_channel,
+            )
+            alphas.update(found)
+        namer = Namer(graph)
+        for name, factors in chosen[static_matmul_error].items():
+            smooth_layers(graph, namer, static[name], factors)
+        artifacts["smooth_alpha"] = alphas
+        artifacts["smoothed_inputs"] = len(chosen[static_matmul_error]) + len(chosen[dynamic_matmul_error])
+        logger.info("%s: smoothed %d of %d MatMul/Gemm inputs", self.name, artifacts["smoothed_inputs"], len(static) + len(dynamic_groups))
+        smoothed = export_model(graph, model) if chosen[static_matmul_error] else model
+        return smoothed, chosen[dynamic_matmul_error]
 
     def _recovery_feeds(self, data) -> list:
         if not self.config.bias_correction:

@@ -18,11 +18,10 @@ which is why a tensor read by several layers gets one DynamicQuantizeLinear.
 Weights use uint8 activations against int8 symmetric weights (U8S8), the
 combination onnxruntime's x86 kernels run fastest; zero points of weights are 0.
 
-Optional activation smoothing (SmoothQuant, Xiao et al. 2023) moves per-input-
-channel outliers from the activation into the weights: with
-``s_k = max|x_k|^alpha / max|W_k,:|^(1-alpha)``, ``x @ W = (x / s) @ (diag(s) W)``.
-The division is one ``Mul`` by ``1/s`` before the DynamicQuantizeLinear (shared
-by all layers reading ``x``); it narrows the per-tensor activation range that
+Optional activation smoothing (SmoothQuant, :mod:`.smoothing`) moves per-input-
+channel outliers from the activation into the weights. The division is one
+``Mul`` by ``1/s`` before the DynamicQuantizeLinear (shared by all layers
+reading ``x``); it narrows the per-tensor activation range that
 DynamicQuantizeLinear must cover. It needs calibration data for ``max|x_k|``.
 """
 
@@ -30,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 
 import numpy as np
 import onnx
@@ -38,13 +37,10 @@ import onnx_graphsurgeon as gs
 
 from onnxcomp.graph import Namer, add_constant, attr, constant_value, is_onnx_op, read_constant_uncached, remove_nodes
 
-from .qparams import QParams, QuantType, dequantize, params_from_range, quantize, sqnr_db, weight_params
+from .qparams import QParams, QuantType, dequantize, sqnr_db
+from .smoothing import quantize_weight_columns
 
 logger = logging.getLogger(__name__)
-
-SMOOTH_MIN_SCALE = 1e-5
-"""Lower bound of a smoothing factor, so a channel that is always 0 stays finite."""
-
 
 @dataclasses.dataclass
 class WeightLayer:
@@ -113,48 +109,6 @@ def find_weight_layers(
             bias = (c.astype(np.float32) * np.float32(attr(node, "beta", 1.0))).astype(np.float32)
         layers.append(WeightLayer(node, node.inputs[0], weight, bool(attr(node, "transB", 0)), float(attr(node, "alpha", 1.0)), bias))
     return layers
-
-
-def quantize_weight_columns(weight: np.ndarray, *, per_channel: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 ``Wq`` and float32 ``Ws`` with ``W ≈ Wq * Ws`` (Ws per column N, or a scalar)."""
-    params = weight_params(weight, QuantType.INT8, axis=1 if per_channel else None, symmetric=True)
-    return quantize(weight, params), params.scale.astype(np.float32)
-
-
-def smoothing_factors(channel_absmax: np.ndarray, weights: Sequence[np.ndarray], alpha: float) -> np.ndarray:
-    """SmoothQuant factors ``s_k`` for an activation read by ``weights`` (each ``[K, N]``).
-
-    ``s_k = a_k^alpha / w_k^(1-alpha)`` with ``a_k = max|x_k|`` and ``w_k`` the
-    largest ``|W[k, :]|`` over all readers; channels with no activation or no
-    weight keep ``s_k = 1``.
-    """
-    a = np.asarray(channel_absmax, dtype=np.float64)
-    w = np.max([np.abs(np.asarray(m, dtype=np.float64)).max(axis=1) for m in weights], axis=0)
-    valid = (a > 0) & (w > 0)
-    s = np.ones_like(a)
-    s[valid] = a[valid] ** alpha / w[valid] ** (1.0 - alpha)
-    return np.maximum(s, SMOOTH_MIN_SCALE).astype(np.float32)
-
-
-def dynamic_matmul_error(samples: Sequence[np.ndarray], weight: np.ndarray, smooth: np.ndarray | None, *, per_channel: bool) -> float:
-    """Squared error of the dynamically quantized layer against float, summed over ``samples``.
-
-    Each sample (an activation ``[..., K]`` of one run) is quantized the way
-    DynamicQuantizeLinear does it at run time (uint8, asymmetric, its own
-    min/max), after dividing by ``smooth``; the weight as the rewrite stores it.
-    """
-    w = weight if smooth is None else weight * smooth[:, None]
-    wq, ws = quantize_weight_columns(w, per_channel=per_channel)
-    w_approx = wq.astype(np.float32) * (ws if ws.ndim == 0 else ws[None, :])
-    total = 0.0
-    for x in samples:
-        x2 = x.reshape(-1, x.shape[-1]).astype(np.float32)
-        xs = x2 if smooth is None else x2 / smooth
-        params = params_from_range(float(xs.min()), float(xs.max()), QuantType.UINT8, symmetric=False)
-        x_approx = dequantize(quantize(xs, params), params)
-        diff = x2 @ weight - x_approx @ w_approx
-        total += float(np.sum(diff.astype(np.float64) ** 2))
-    return total
 
 
 @dataclasses.dataclass
@@ -234,3 +188,30 @@ def replace_with_integer_matmul(
         nodes.append(gs.Node("Add", namer(f"{base}_Bias"), inputs=[scaled, bias], outputs=[output]))
     graph.nodes.extend(nodes)
     return error_db
+
+
+def group_by_activation(layers: Collection[WeightLayer]) -> dict[str, list[WeightLayer]]:
+    """Layers keyed by the name of the activation they read (names are unique in a graph)."""
+    groups: dict[str, list[WeightLayer]] = {}
+    for layer in layers:
+        groups.setdefault(layer.activation.name, []).append(layer)
+    return groups
+
+
+def quantize_layer_groups(
+    graph: gs.Graph,
+    namer: Namer,
+    groups: dict[str, list[WeightLayer]],
+    smooth: dict[str, np.ndarray],
+    *,
+    per_channel: bool,
+) -> dict[str, float]:
+    """Rewrite every group (layers sharing one activation) with one DynamicQuantizeLinear,
+    smoothed by ``smooth[activation]`` where given; returns each layer's weight SQNR in dB."""
+    sqnr = {}
+    for members in groups.values():
+        factors = smooth.get(members[0].activation.name)
+        qinput = add_dynamic_quantize(graph, namer, members[0].activation, factors)
+        for layer in members:
+            sqnr[layer.node.name] = replace_with_integer_matmul(graph, namer, layer, qinput, per_channel=per_channel, smooth=factors)
+    return sqnr

@@ -31,6 +31,21 @@ plan made here follows those rules:
 * Ops without an integer kernel (LayerNormalization, HardSwish, Div, ...) are
   never wrapped; they read a DQ when their producer is quantized and their
   output gets a Q only when a quantized op reads it.
+
+**Transformer scheme** (``PlacementOptions.transformer``, chosen by
+:func:`onnxcomp.quantization.transformer.is_transformer`): only the inputs of
+the compute layers are quantized (the weight MatMul/Gemm/Conv, and the
+attention MatMuls with two run-time inputs unless ``attention_matmuls`` is
+off). Region ops (:data:`TRANSFORMER_FLOAT_OPS`: the residual Adds, the Muls
+of GELU and scaling, Concat, pooling) stay float, and so do LayerNorm,
+Softmax and GELU, which have no integer kernel anyway. A quantized tensor
+whose producer runs in float (a LayerNorm output feeding the Q/K/V
+projections and the residual Add) is read through its DequantizeLinear only
+by the quantized ops: the residual stream and the other float readers keep
+the exact float tensor (no fusion depends on them). Data-movement ops keep
+their rules. This follows NNCF's ``ModelType.TRANSFORMER``, which ignores
+Add, Mul, Sub, Div, Pow, Sqrt, ReduceMean and comparisons and quantizes
+MatMul inputs.
 """
 
 from __future__ import annotations
@@ -110,6 +125,9 @@ OP_RULES: dict[str, OpRule] = {
 }
 """The ops onnxruntime's CPU provider runs on 8-bit tensors, and how."""
 
+TRANSFORMER_FLOAT_OPS = ("Add", "Mul", "Concat", "GlobalAveragePool", "AveragePool", "Sigmoid", "LeakyRelu")
+"""Region ops that stay float in the transformer scheme (residual stream, GELU/scaling Muls)."""
+
 FORBIDDEN_PRODUCERS = ("Softmax", "LogSoftmax")
 """Ops whose output is never quantized (the CPU QLinearSoftmax is slower than float)."""
 
@@ -134,6 +152,10 @@ class PlacementOptions:
             through non-compute ops only.
         fold_activations: Fold Relu/Clip(0, max) into the producer's Q (needs
             asymmetric activations, whose zero point can be qmin).
+        transformer: The transformer scheme (see the module docstring).
+        attention_matmuls: In the transformer scheme, also quantize MatMuls
+            whose two inputs are computed (attention scores); a MatMul reading
+            a Softmax output stays float regardless.
     """
 
     exclude: tuple[str, ...] = ()
@@ -141,6 +163,8 @@ class PlacementOptions:
     first_layer: LayerPolicy = LayerPolicy.INT8
     last_layer: LayerPolicy = LayerPolicy.INT8
     fold_activations: bool = True
+    transformer: bool = False
+    attention_matmuls: bool = True
 
 
 @dataclasses.dataclass
@@ -157,6 +181,8 @@ class QuantPoint:
             makes redundant (removed when the final parameters allow).
         clip: The activation's output bounds ``(low, high)``.
         group: Index of the group of points sharing one scale and zero point.
+        readers: The nodes that read the DequantizeLinear (the others keep
+            reading the float tensor); None: every reader does.
     """
 
     tensor: gs.Tensor
@@ -164,6 +190,7 @@ class QuantPoint:
     activation: gs.Node | None = None
     clip: tuple[float, float] | None = None
     group: int = -1
+    readers: tuple[gs.Node, ...] | None = None
 
     @property
     def name(self) -> str:
@@ -256,6 +283,8 @@ class _Planner:
         """Register ``node`` as a candidate; returns why it cannot be one."""
         if not is_onnx_op(node) or node.op not in OP_RULES:
             return "no integer kernel"
+        if self.options.transformer and node.op in TRANSFORMER_FLOAT_OPS:
+            return "transformer scheme: residual stream and elementwise ops stay float"
         rule = OP_RULES[node.op]
         if node.op in ("Conv", "Gemm"):
             layer = linear_layer(self.graph, node)
@@ -266,6 +295,8 @@ class _Planner:
             layer = linear_layer(self.graph, node)
             if layer is not None:
                 self.layers[id(node)] = layer
+            elif self.options.transformer and not self.options.attention_matmuls:
+                return "transformer scheme: attention MatMul kept float (attention_matmuls off)"
         elif node.op == "MaxPool" and (self.opset < 12 or len([o for o in node.outputs if o.name]) > 1):
             return "MaxPool before opset 12 or with indices output"
         elif node.op == "Resize" and node.attrs.get("mode", "nearest") not in ("nearest", b"nearest"):
@@ -408,7 +439,17 @@ class _Planner:
         act = self.foldable(tensor)
         if act is not None:
             return QuantPoint(tensor, act.outputs[0], act, clip_bounds(act))
-        return QuantPoint(tensor, tensor)
+        return QuantPoint(tensor, tensor, readers=self._dq_readers(tensor))
+
+    def _dq_readers(self, tensor: gs.Tensor) -> tuple[gs.Node, ...] | None:
+        """Transformer scheme: when ``tensor``'s producer runs in float, only the
+        quantized ops read its DequantizeLinear (None: every reader does)."""
+        if not self.options.transformer:
+            return None
+        node = producer(tensor)
+        if node is not None and id(node) in self.quantized:
+            return None
+        return tuple(r for r in tensor.outputs if id(r) in self.quantized)
 
     def _points(self, nodes: list[gs.Node]) -> tuple[list[QuantPoint], list[list[int]]]:
         by_name: dict[str, int] = {}

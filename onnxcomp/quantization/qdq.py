@@ -4,6 +4,8 @@ Per quantized activation (a :class:`~.placement.QuantPoint`)::
 
     tensor -> QuantizeLinear(scale, zp) -> DequantizeLinear(scale, zp) -> every reader of `observed`
 
+Every reader of ``observed`` reads the DequantizeLinear, or only the point's
+``readers`` when it names them (the transformer scheme's float residual stream).
 Points of one group share the *same* scale and zero-point initializers, so
 onnxruntime sees bit-identical parameters around data-movement ops and Concat.
 A folded Relu/Clip is removed when the final parameters make it redundant,
@@ -109,7 +111,13 @@ def _insert_pair(
     dq_out = gs.Variable(namer(f"{base}_dequantized"), dtype=np.float32, shape=observed.shape)
     dq = gs.Node("DequantizeLinear", namer(f"{base}_DequantizeLinear"), inputs=[q_out, scale, zero], outputs=[dq_out])
     graph.nodes.append(dq)
-    replace_all_uses(graph, observed, dq_out)
+    if point.readers is None:
+        replace_all_uses(graph, observed, dq_out)
+    else:
+        for reader in point.readers:
+            for i, t in enumerate(reader.inputs):
+                if t is observed:
+                    reader.inputs[i] = dq_out
     q = gs.Node("QuantizeLinear", namer(f"{base}_QuantizeLinear"), inputs=[source, scale, zero], outputs=[q_out])
     graph.nodes.append(q)
     if point.activation is not None and not keep_activation:

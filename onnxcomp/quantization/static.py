@@ -11,7 +11,8 @@ The steps, each in its own module:
    folded Relu/Clip points are clipped to the activation's bounds;
 4. :mod:`.weights` quantizes the weights (int8 per channel), optionally with
    bias correction and rounding reconstruction (:mod:`.recovery`);
-5. :mod:`.qdq` writes it all into the graph.
+5. :mod:`.qdq` writes it all into the graph; :class:`DynamicLayers` (if any)
+   are then rewritten for run-time quantization.
 
 :class:`StaticQuantizer` keeps the float model and its statistics, so
 building variants (other exclusions for mixed precision) does not re-run
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 import numpy as np
 import onnx
@@ -32,6 +33,7 @@ from onnxcomp.graph import Namer, add_constant, is_onnx_op, producer
 from onnxcomp.ir import import_graph
 
 from .calibration import Observation
+from .dynamic import find_weight_layers, group_by_activation, quantize_layer_groups
 from .layers import LinearLayer
 from .observers import RangeMethod, Statistics, tensor_range
 from .placement import (
@@ -137,6 +139,32 @@ def compute_layer_names(plan: QuantPlan) -> list[str]:
     return [n.name for n in plan.nodes if OP_RULES[n.op].compute and n.name]
 
 
+@dataclasses.dataclass(frozen=True)
+class DynamicLayers:
+    """Layers left out of the static plan and quantized at run time instead
+    (:mod:`.dynamic`: DynamicQuantizeLinear + MatMulInteger), as the transformer
+    scheme does with the FFN down-projections.
+
+    Attributes:
+        names: Node names of the MatMul/Gemm layers.
+        smooth: Activation name -> SmoothQuant factors for these layers.
+        per_channel: One weight scale per output column.
+    """
+
+    names: frozenset[str] = frozenset()
+    smooth: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    per_channel: bool = True
+
+    def apply(self, graph: gs.Graph) -> int:
+        """Rewrite the named layers of ``graph``; returns how many were rewritten."""
+        if not self.names:
+            return 0
+        layers = [layer for layer in find_weight_layers(graph) if layer.node.name in self.names]
+        quantize_layer_groups(graph, Namer(graph), group_by_activation(layers), dict(self.smooth), per_channel=self.per_channel)
+        graph.cleanup(remove_unused_graph_inputs=False)
+        return len(layers)
+
+
 @dataclasses.dataclass
 class QuantizedModel:
     """The result of one build."""
@@ -166,6 +194,8 @@ class StaticQuantizer:
         """Layer name -> integer weights to use instead of nearest rounding."""
         self.biases: dict[str, np.ndarray] = {}
         """Layer name -> float bias to use instead of the model's (bias correction)."""
+        self.dynamic_layers = DynamicLayers()
+        """Layers quantized at run time after the static rewrite."""
 
     def plan(self, extra_exclude: Collection[str] = ()) -> tuple[gs.Graph, QuantPlan]:
         graph = import_graph(self.model)
@@ -209,6 +239,7 @@ class StaticQuantizer:
                 _set_bias(graph, layer, self.biases[layer.name])
         weights = self.quantized_weights(plan, params)
         summary = insert_qdq(graph, plan, params, weights, opset=self.opset)
+        self.dynamic_layers.apply(graph)
         return QuantizedModel(graph, plan, summary, params)
 
 
@@ -224,6 +255,7 @@ def _set_bias(graph: gs.Graph, layer: LinearLayer, values: np.ndarray) -> None:
 
 
 __all__ = [
+    "DynamicLayers",
     "LayerPolicy",
     "PlacementOptions",
     "QuantizedModel",
