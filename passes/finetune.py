@@ -37,6 +37,8 @@ class FinetuneConfig(PassConfig):
         batch_size: Samples per optimizer step.
         temperature: Of the KL distillation loss.
         loss: auto, kl or mse (see :func:`onnxcomp.train.finetune`).
+        threads: torch's intra-op threads and the teacher session's during
+            training (default: torch's setting); 1 is often faster on a busy machine.
     """
 
     epochs: int | None = None
@@ -46,9 +48,10 @@ class FinetuneConfig(PassConfig):
     batch_size: int = 16
     temperature: float = 4.0
     loss: str = "auto"
+    threads: int | None = None
 
     def validate(self) -> None:
-        for name in ("epochs", "steps", "batch_size"):
+        for name in ("epochs", "steps", "batch_size", "threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -85,7 +88,7 @@ class Finetune(Pass):
         model, report = finetune(
             ctx.export(graph), ctx.template, train, epochs=epochs, steps=c.steps, minutes=c.minutes, lr=c.lr,
             batch_size=c.batch_size, temperature=c.temperature, loss=c.loss, seed=ctx.seed, progress=ctx.progress,
-            heldout=held,
+            heldout=held, threads=c.threads,
         )  # fmt: skip
         ctx.artifacts[self.name] = dataclasses.asdict(report) if dataclasses.is_dataclass(report) else {}
         summary = {"steps": report.steps, "trained_tensors": report.trained_tensors, "stopped": report.stopped}

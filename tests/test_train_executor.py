@@ -436,6 +436,30 @@ def test_check_agreement_reports_a_disagreement():
     assert not check_agreement(m, [feed], module=GraphModule(other), raise_on_failure=False).ok
 
 
+def test_qdq_graphs_are_checked_segment_by_segment_with_onnxruntime_codes_pinned():
+    """A code rounded the other way (float sums in another order) must not fail the check of a Q/DQ
+    graph, nor spread: the executor runs on onnxruntime's codes; too many flips still fail."""
+    m, feed = qdq_model(), {"x": f32(2, 3, 6, 6)}
+    agreement = check_agreement(m, [feed])
+    assert agreement.ok and agreement.pinned == 2 and agreement.max_abs <= 1e-6
+    nudged = onnx.ModelProto()
+    nudged.CopyFrom(m)
+    bias = next(t for t in nudged.graph.initializer if t.name == "b")
+    bias.CopyFrom(tensor("b", onnx.numpy_helper.to_array(bias) + np.float32(0.004)))  # 0.4 of a code step
+    module = GraphModule(nudged)
+    probe = onnx.ModelProto()
+    probe.CopyFrom(m)
+    probe.graph.output.append(helper.make_empty_tensor_value_info("rq"))
+    y, rq = session(probe).run(["y", "rq"], feed)
+    ours, own = module.run_pinned(feed, {"rq": rq})
+    np.testing.assert_allclose(ours["y"], y, atol=1e-7)  # the pinned codes flow on, not the executor's own
+    assert 0 < np.count_nonzero(own["rq"] != rq) and np.abs(own["rq"] - rq).max() == 1
+    loose = check_agreement(m, [feed], module=module, max_code_flips=0.9)
+    assert loose.ok and loose.max_abs <= 1e-6 and 0.05 < loose.code_flips < 0.9  # codes flipped, outputs agree
+    with pytest.raises(TrainingError, match="QuantizeLinear output 'rq': .* of codes differ, by up to 1"):
+        check_agreement(m, [feed], module=module)
+
+
 def test_half_precision_weights_train_in_float32_and_write_back_as_float16():
     m, feed = one_node("MatMul", [X(f32(3, 4).astype(np.float16)), f32(4, 5).astype(np.float16)])
     assert_agree(m, feed, rtol=1e-3, atol=1e-3)  # float16 rounding

@@ -222,7 +222,11 @@ class GraphModule(nn.Module):
         Args:
             feed: Input name -> tensor or numpy array (or pass them as keywords).
         """
-        feed = {**(feed or {}), **inputs}
+        return self._evaluate({**(feed or {}), **inputs}, None, None)
+
+    def _evaluate(self, feed: Mapping[str, object], pin: Mapping[str, torch.Tensor] | None,
+                  own: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        """The forward pass; a tensor named in ``pin`` replaces the value its node computes (which goes to ``own``)."""
         env: dict[str, torch.Tensor] = {}
         for name in self.input_names:
             if name not in feed:
@@ -238,6 +242,9 @@ class GraphModule(nn.Module):
             except (RuntimeError, ValueError, IndexError, TypeError, KeyError) as err:
                 raise node.fail(f"{' '.join(str(err).split())[:300]}") from err
             for name, tensor in zip(node.proto.output, (out,) if isinstance(out, torch.Tensor) else out):
+                if name and pin is not None and name in pin:
+                    own[name] = tensor
+                    tensor = pin[name].to(tensor.dtype)
                 if name:
                     env[name] = tensor
             for name in self._last_use.get(index, ()):
@@ -259,6 +266,22 @@ class GraphModule(nn.Module):
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Evaluate without gradients; numpy in, numpy out."""
         return {name: t.detach().cpu().numpy() for name, t in self.forward(feed).items()}
+
+    @torch.no_grad()
+    def run_pinned(self, feed: Mapping[str, np.ndarray], pin: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Evaluate with the intermediate tensors in ``pin`` (name -> value) taking the place of what
+        their nodes compute; returns the graph outputs and what those nodes computed.
+
+        With the QuantizeLinear outputs of onnxruntime pinned, every float
+        segment between Q/DQ pairs is compared on the same integer codes: one
+        code rounded the other way (float32 sums in another order) cannot
+        cascade through the rest of the graph.
+        """
+        own: dict[str, torch.Tensor] = {}
+        values = {name: _from_numpy(np.asarray(value)) for name, value in pin.items()}
+        outputs = self._evaluate(feed, values, own)
+        return ({name: t.detach().cpu().numpy() for name, t in outputs.items()},
+                {name: t.detach().cpu().numpy() for name, t in own.items()})
 
     # -- results --------------------------------------------------------------------------------
 
