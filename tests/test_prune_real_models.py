@@ -41,7 +41,11 @@ def _feeds(kind: str) -> list[dict[str, np.ndarray]]:
 @pytest.mark.parametrize("kind", ["cls", "rec", "det"])
 def test_pruned_ppocr_model_stays_valid(kind, tmp_path):
     source, out = _with_metadata(kind, tmp_path), tmp_path / f"{kind}.pruned.onnx"
-    result = onnxcomp.optimize(source, pipeline_from_flags(prune=0.3), output=out, data=_feeds(kind), latency=False)
+    # Four calibration lines are no basis for accuracy (bench_prune measures that): this test is about
+    # a valid, smaller model, so it is written whatever the quality budget says.
+    result = onnxcomp.optimize(
+        source, pipeline_from_flags(prune=0.3), output=out, data=_feeds(kind), latency=False, accept_drop=True
+    )
     step = next(s for s in result.report.steps if s.name == "prune-channels")
     assert step.modified and step.summary["units_removed"] > 0 and step.summary["layers_refitted"] > 0
     written = load_model(out)

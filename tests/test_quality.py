@@ -140,15 +140,53 @@ def test_embedding_pools_with_the_attention_mask_and_counts_neighbours():
     assert r.value == pytest.approx(1.0) and r.details["neighbour_agreement"] == 1.0
 
 
-def test_segmentation_iou():
-    ref = np.zeros((1, 1, 4, 4))
-    ref[0, 0, :2] = 0.9  # 8 foreground pixels
+def test_segmentation_of_one_map_counts_regions_not_boundary_pixels():
+    """A thin text-like region that loses its outer rows keeps its region (IoU 0.6 > 0.5) though
+    its mask IoU drops to 0.6; a region that vanishes is lost, a new blob is spurious."""
+    ref = np.zeros((1, 1, 40, 60))
+    ref[0, 0, 5:10, 5:55] = 0.9  # a text line, 5 rows
+    ref[0, 0, 20:30, 10:20] = 0.8  # a blob
     cand = ref.copy()
-    cand[0, 0, 1] = 0.1  # half of them lost
+    cand[0, 0, 5] = cand[0, 0, 9] = 0.1  # the line thins to 3 rows
     meter = Quality.for_outputs("auto", ["map"], [ref]).meter()
     meter.add([ref], [cand], {})
     q = meter.result()
-    assert q.metric == "segmentation" and q.result.value == pytest.approx(0.5)
+    assert q.metric == "segmentation" and q.result.headline == "regions agreed"
+    assert q.result.value == 1.0 and q.result.details["mask_iou"] < 0.8
+    lost = cand.copy()
+    lost[0, 0, 20:30, 10:20] = 0.0
+    lost[0, 0, 32:38, 40:50] = 0.9  # spurious
+    meter = Quality.for_outputs("segmentation", ["map"], [ref]).meter()
+    meter.add([ref], [lost], {})
+    r = meter.result().result
+    assert (r.details["kept"], r.details["spurious"]) == (0.5, 1) and r.value == pytest.approx(1 / 3)
+
+
+def test_region_labels_match_a_reference_labelling():
+    from onnxcomp.quality.regions import label
+
+    mask = np.random.default_rng(4).random((64, 64)) > 0.6
+    labels, count = label(mask)
+    assert set(np.unique(labels[mask])) == set(range(1, count + 1)) and not labels[~mask].any()
+    # 4-connected neighbours share a label; no two regions touch
+    same_right = mask[:, 1:] & mask[:, :-1]
+    same_down = mask[1:] & mask[:-1]
+    assert np.all(labels[:, 1:][same_right] == labels[:, :-1][same_right])
+    assert np.all(labels[1:][same_down] == labels[:-1][same_down])
+    scipy_ndimage = pytest.importorskip("scipy.ndimage")
+    assert count == scipy_ndimage.label(mask)[1]
+
+
+def test_segmentation_of_several_classes_is_mean_iou():
+    ref = np.zeros((1, 3, 4, 4))
+    ref[0, 0] = 1.0
+    ref[0, 1, :2] = 2.0  # class 1 on the top half, class 0 below
+    cand = ref.copy()
+    cand[0, 1, 1] = 0.0  # one row of class 1 goes to class 0
+    meter = Quality.for_outputs("segmentation", ["logits"], [ref]).meter()
+    meter.add([ref], [cand], {})
+    r = meter.result().result
+    assert r.headline == "mask IoU" and r.value == pytest.approx((8 / 12 + 4 / 8) / 2)
 
 
 @pytest.mark.parametrize(

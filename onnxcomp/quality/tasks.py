@@ -19,8 +19,10 @@ over a handful of samples would be too coarse to rank choices.
 * ``embedding``: mean cosine of the (mean-pooled, mask-aware) embeddings, with
   the worst sample and nearest-neighbour agreement across samples;
   deviation: 1 - cosine.
-* ``segmentation``: mask IoU (argmax over classes, or a 0.5 threshold for one
-  probability map, 0 for one logit map); deviation: per-feature.
+* ``segmentation``: for one probability (or logit) map, thresholded at 0.5
+  (or 0), the regions agreed like detections (see :mod:`.regions`), with the
+  mask IoU; for several classes, the mean IoU of the argmax masks; deviation:
+  per-feature.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from . import detection
+from . import detection, regions
 from .features import FeatureError, FeatureErrorAccumulator
 
 Outputs = list[np.ndarray]
@@ -289,15 +291,19 @@ def _neighbour_agreement(reference: list[np.ndarray], candidate: list[np.ndarray
 
 
 class Segmentation(TaskMetric):
-    """``[B, C, H, W]`` maps: IoU of the argmax masks (C > 1, mean over classes
-    present in the reference) or of the thresholded map (C == 1)."""
+    """``[B, C, H, W]`` maps. One channel (a probability or logit map, thresholded at
+    0.5 or 0): regions agreed, like detections (see :mod:`.regions`), with the mask
+    IoU beside it. Several classes: the IoU of the argmax masks, averaged over the
+    classes present in the reference."""
 
-    name, headline = "segmentation", "mask IoU"
+    name = "segmentation"
 
     def __init__(self, output: int):
         self.output = output
         self._inter: dict[int, int] = {}
         self._union: dict[int, int] = {}
+        self._regions = [0, 0, 0]  # reference, candidate, matched
+        self._single = False
 
     def _masks(self, values: np.ndarray) -> np.ndarray:
         values = np.asarray(values)
@@ -308,19 +314,28 @@ class Segmentation(TaskMetric):
 
     def add(self, reference: Outputs, candidate: Outputs, feed: Feed) -> None:
         ref, cand = self._masks(reference[self.output]), self._masks(candidate[self.output])
-        single = np.asarray(reference[self.output]).shape[1] == 1
-        classes = [1] if single else np.unique(ref).tolist()
+        self._single = np.asarray(reference[self.output]).shape[1] == 1
+        classes = [1] if self._single else np.unique(ref).tolist()
         for c in classes:
             a, b = ref == c, cand == c
             self._inter[c] = self._inter.get(c, 0) + int(np.sum(a & b))
             self._union[c] = self._union.get(c, 0) + int(np.sum(a | b))
+        if self._single:
+            for a, b in zip(ref.reshape(-1, *ref.shape[-2:]), cand.reshape(-1, *cand.shape[-2:])):
+                counts = regions.match(a == 1, b == 1)
+                self._regions = [x + y for x, y in zip(self._regions, counts)]
 
     def result(self) -> TaskResult:
         ious = [self._inter[c] / u for c, u in self._union.items() if u > 0]
-        return scored(self.name, self.headline, float(np.mean(ious)) if ious else None, {
-            "classes": len(ious),
-            "foreground_pixels": int(sum(self._union.values())),
-        })  # fmt: skip
+        iou = float(np.mean(ious)) if ious else None
+        details = {"mask_iou": iou, "classes": len(ious), "foreground_pixels": int(sum(self._union.values()))}
+        if not self._single:
+            return scored(self.name, "mask IoU", iou, details)
+        n_ref, n_cand, matched = self._regions
+        spurious = n_cand - matched
+        agreed = matched / (n_ref + spurious) if n_ref + spurious else None
+        details.update(reference_regions=n_ref, kept=matched / n_ref if n_ref else None, spurious=spurious)
+        return scored(self.name, "regions agreed", agreed, details)
 
 
 class Features(TaskMetric):
