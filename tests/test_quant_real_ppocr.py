@@ -37,7 +37,9 @@ def _quantize(kind: str, preprocess, tmp_path: Path) -> tuple[onnx.ModelProto, o
     src = _with_metadata(kind, tmp_path)
     calib = tmp_path / "calib"
     calib.mkdir()
-    for i, (_, image) in enumerate(_lines("calib", 24, seed=0)):
+    # 30 lines: optimize holds one in five out for verification, so 24 calibrate (with 19, rec int8
+    # read 0.980 of the characters against fp32's 0.9915 on the eval lines; with 24, 0.995).
+    for i, (_, image) in enumerate(_lines("calib", 30, seed=0)):
         np.savez(calib / f"{i:03d}.npz", x=preprocess(image))
     out = tmp_path / f"{kind}.int8.onnx"
     code = main(["optimize", str(src), "-o", str(out), "--calib", str(calib), "--quantize", "int8", "--no-latency", "-q"])
