@@ -254,7 +254,11 @@ def _image_options(size, mean, std, scale, layout, order, resize):
 @click.option("--image-scale", type=float, help="Image folders: multiply pixels (0..255) by this first [default: 1/255].")
 @click.option("--image-layout", type=click.Choice(["auto", "NCHW", "NHWC"]), default="auto", show_default=True)
 @click.option("--image-order", type=click.Choice(["RGB", "BGR"]), default="RGB", show_default=True)
-@click.option("--image-resize", type=click.Choice(["crop", "stretch"]), default="crop", show_default=True)
+@click.option(
+    "--image-resize", type=click.Choice(["crop", "stretch", "letterbox"]), default="crop", show_default=True,
+    help="Image folders: crop = shorter side to size/0.875, then the centre crop (ImageNet evaluation); "
+    "stretch = straight to size; letterbox = fit the longer side, pad with grey 114 (YOLO detectors).",
+)
 @_verbosity
 def optimize(model: Path, output: Path | None, calib: Path | None, calib_limit: int | None, verify_data: Path | None, recipe: Path | None,
              pass_list: str | None, prune: float | None, quantize: str | None, finetune: bool,

@@ -5,7 +5,9 @@ Each image becomes one feed for a single-input model. Steps, in order:
 1. decode with Pillow and convert to RGB (or BGR with ``channel_order="BGR"``);
 2. resize: ``"crop"`` scales the shorter side to ``size / crop_fraction`` and
    takes the centre ``size`` crop (the usual ImageNet evaluation transform);
-   ``"stretch"`` resizes straight to ``size``;
+   ``"stretch"`` resizes straight to ``size``; ``"letterbox"`` scales the
+   longer side to fit and pads the rest with grey (114, as YOLO detectors are
+   trained), keeping the whole image and its aspect ratio;
 3. ``x = (pixels * scale - mean) / std`` per channel (defaults: scale 1/255,
    mean 0, std 1, i.e. pixels in [0, 1]);
 4. layout ``NCHW`` or ``NHWC`` and a batch axis of one.
@@ -39,9 +41,14 @@ class ChannelOrder(enum.Enum):
     BGR = "BGR"
 
 
+LETTERBOX_GREY = 114
+"""The pad value of ``letterbox`` (ultralytics' YOLO preprocessing)."""
+
+
 class Resize(enum.Enum):
     CROP = "crop"
     STRETCH = "stretch"
+    LETTERBOX = "letterbox"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +168,12 @@ def _resize(image, size: tuple[int, int], options: ImageOptions):
     height, width = size
     if options.resize is Resize.STRETCH:
         return image.resize((width, height), Image.BILINEAR)
+    if options.resize is Resize.LETTERBOX:
+        scale = min(width / image.size[0], height / image.size[1])
+        new_w, new_h = max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale))
+        canvas = Image.new(image.mode, (width, height), (LETTERBOX_GREY,) * len(image.getbands()))
+        canvas.paste(image.resize((new_w, new_h), Image.BILINEAR), ((width - new_w) // 2, (height - new_h) // 2))
+        return canvas
     scale = max(height, width) / options.crop_fraction / min(image.size)
     new_w, new_h = max(width, round(image.size[0] * scale)), max(height, round(image.size[1] * scale))
     resized = image.resize((new_w, new_h), Image.BILINEAR)

@@ -197,3 +197,17 @@ def test_anonymous_dim_markers_need_not_agree():
     named = [InputSpec("x", np.dtype(np.float32), ("n", 3, "s", "s"))]
     with pytest.raises(DataError, match="dim 's' is 192"):
         validate_sample({"x": np.zeros((1, 3, 48, 192), np.float32)}, named, "sample 0")
+
+
+def test_image_folder_letterbox_keeps_the_whole_image_padded_with_grey(tmp_path):
+    from PIL import Image
+
+    from onnxcomp.data_images import ImageOptions, Resize
+
+    m = builders.model([helper.make_node("Relu", ["x"], ["y"])], [builders.value("x", ["N", 3, 32, 32])], [builders.value("y", ["N", 3, 32, 32])])
+    Image.fromarray(np.full((20, 40, 3), 255, np.uint8)).save(tmp_path / "wide.png")  # 2:1, white
+    (sample,) = open_data(tmp_path, input_specs(m), image_options=ImageOptions(resize=Resize.LETTERBOX))
+    x = sample["x"][0]
+    np.testing.assert_allclose(x[:, 8:24, :], 1.0)  # the image, scaled to 32x16, centred
+    np.testing.assert_allclose(x[:, :8, :], 114 / 255)  # grey bars above and below
+    np.testing.assert_allclose(x[:, 24:, :], 114 / 255)
