@@ -38,8 +38,21 @@ class PinnedValues(LazyValues):
 
 
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
-    """Build the mutable graph of ``model`` (weights are loaded lazily, on first use)."""
-    graph = gs.import_onnx(model)
+    """Build the mutable graph of ``model`` (weights are loaded lazily, on first use).
+
+    A graph input that also has an initializer is an *overridable default*: the
+    caller may feed it. onnx-graphsurgeon would import it as a constant (no
+    longer an input, and foldable); here it stays a graph input, a variable no
+    pass can fold, and :func:`export_model` writes its default back.
+    """
+    defaults = overridable_defaults(model)
+    held = [t for t in model.graph.initializer if t.name in defaults]
+    for tensor in held:  # hidden from graph-surgeon during the import, restored after
+        model.graph.initializer.remove(tensor)
+    try:
+        graph = gs.import_onnx(model)
+    finally:
+        model.graph.initializer.extend(held)
     for sub in [graph, *graph.subgraphs(recursive=True)]:
         for tensor in sub.tensors().values():
             values = getattr(tensor, "_values", None)
@@ -60,7 +73,15 @@ def export_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     model = gs.export_onnx(graph, do_type_check=False)
     _fix_rewritten_external_tensors(model)
     copy_model_fields(template, model)
+    inputs = {vi.name for vi in model.graph.input}
+    model.graph.initializer.extend(t for name, t in overridable_defaults(template).items() if name in inputs)
     return model
+
+
+def overridable_defaults(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Initializers of ``model`` that are also graph inputs (defaults a caller may override), by name."""
+    inputs = {vi.name for vi in model.graph.input}
+    return {t.name: t for t in model.graph.initializer if t.name in inputs}
 
 
 def _pack_4bit_constants(graph: gs.Graph) -> None:

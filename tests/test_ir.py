@@ -22,3 +22,23 @@ def test_int4_constants_set_by_a_pass_export_packed():
     assert stored.data_type == onnx.TensorProto.INT4 and len(stored.raw_data) == 3  # 5 nibbles -> 3 bytes
     (y,) = builders.run(exported, {"x": np.zeros((1, 5), np.float32)})
     np.testing.assert_array_equal(y, q.astype(np.float32) * 0.5)
+
+
+def test_an_input_with_a_default_initializer_stays_an_input_and_is_not_folded():
+    """An overridable default (graph input + initializer) lost its input status in cleanup."""
+    import onnxruntime as ort
+
+    import onnxcomp
+
+    nodes = [helper.make_node("Mul", ["b", "two"], ["b2"]), helper.make_node("Add", ["x", "b2"], ["y"])]
+    inputs = [builders.value("x", [1, 4]), builders.value("b", [1, 4])]
+    inits = [builders.tensor("b", np.ones((1, 4), np.float32)), builders.tensor("two", np.full((1, 4), 2, np.float32))]
+    model = builders.model(nodes, inputs, [builders.value("y", [1, 4])], inits)
+    optimized = onnxcomp.optimize(model, ["cleanup"], latency=False).model
+    assert [i.name for i in optimized.graph.input] == ["x", "b"]
+    assert "b" in {t.name for t in optimized.graph.initializer}
+    assert [i.name for i in model.graph.input] == ["x", "b"] and len(model.graph.initializer) == 2  # input untouched
+    session = ort.InferenceSession(optimized.SerializeToString())
+    x = np.zeros((1, 4), np.float32)
+    np.testing.assert_array_equal(session.run(None, {"x": x})[0], np.full((1, 4), 2.0))  # the default
+    np.testing.assert_array_equal(session.run(None, {"x": x, "b": np.full((1, 4), 5, np.float32)})[0], np.full((1, 4), 10.0))
