@@ -1,5 +1,5 @@
-"""Dynamic int8, weight-only int8/int4, fp16 and codebook quantization on real models,
-side by side with onnxruntime's own quantizers, in one run.
+"""Dynamic and static int8, weight-only int8/int4, fp16 and codebook quantization on real
+models, side by side with onnxruntime's own quantizers and NNCF, in one run.
 
 Run:  python -m benchmarks.bench_quantize_transformer [--eval N] [--calib N] [--budget S]
 
@@ -15,7 +15,13 @@ padding, as dynamic quantization sees it in serving):
   10th-percentile ratios are both shown, the latter is steadier on a loaded machine.
 
 Anchors: onnxruntime ``quantize_dynamic`` (default, per_channel, reduce_range,
-both) and ``MatMulNBitsQuantizer`` (4-bit and 8-bit, block 32; needs onnx-ir).
+both) and ``MatMulNBitsQuantizer`` (4-bit and 8-bit, block 32; needs onnx-ir);
+NNCF's static int8 with ``model_type=TRANSFORMER`` (SmoothQuant, fast bias
+correction) when ``nncf`` imports. Static int8 (``--quantize int8``) is shown
+with the transformer scheme (the default on this model), with every linear
+input static (``unnormalized_inputs=static``), and with the general placement
+(``scheme=cnn``, what ``--quantize int8`` did before the transformer scheme),
+all calibrated on the ``--calib`` sentences.
 
 EfficientNet-Lite1 on photo crops: fp16 and codebook sizes (raw, gzip, zip),
 top-1 agreement and KL against fp32, latency ratio.
@@ -51,6 +57,25 @@ def onnxcomp_model(source: Path, mode: str, out: Path, probe: list[dict], data=N
     start = time.perf_counter()
     pipeline = pipeline_from_flags(quantize=mode) if mode else ["cleanup"]
     onnxcomp.optimize(str(source), pipeline, output=out, data=data, verify_data=probe, verify=False, latency=False)
+    return out, time.perf_counter() - start
+
+
+def onnxcomp_static(source: Path, options: dict, out: Path, probe: list[dict], data) -> tuple[Path, float]:
+    """``quantize-static`` with ``options`` after cleanup, calibrated on ``data``."""
+    start = time.perf_counter()
+    onnxcomp.optimize(str(source), ["cleanup", {"quantize-static": options}], output=out, data=data, verify_data=probe, verify=False, latency=False)
+    return out, time.perf_counter() - start
+
+
+def nncf_transformer(source: Path, out: Path, data: list[dict]) -> tuple[Path, float] | None:
+    """NNCF post-training int8 with ``model_type=TRANSFORMER`` (None when nncf is not installed)."""
+    try:
+        import nncf
+    except ImportError:
+        return None
+    start = time.perf_counter()
+    model = nncf.quantize(onnx.load(str(source)), nncf.Dataset(data), subset_size=len(data), model_type=nncf.ModelType.TRANSFORMER)
+    onnx.save(model, str(out))
     return out, time.perf_counter() - start
 
 
@@ -108,6 +133,12 @@ def minilm(args, tmp: Path) -> None:
     variants["ORT quantize_dynamic per_channel+reduce_range"] = ort_dynamic(source, tmp / "ort_dyn_pcrr.onnx", per_channel=True, reduce_range=True)
     variants["onnxcomp int8-dynamic (no data)"] = onnxcomp_model(source, "int8-dynamic", tmp / "dyn.onnx", probe)
     variants[f"onnxcomp int8-dynamic (+{args.calib} calib sentences)"] = onnxcomp_model(source, "int8-dynamic", tmp / "dyn_data.onnx", probe, data=calib)
+    variants[f"onnxcomp int8 static (+{args.calib} calib sentences)"] = onnxcomp_static(source, {}, tmp / "static.onnx", probe, calib)
+    variants["onnxcomp int8 static, all inputs static"] = onnxcomp_static(
+        source, {"unnormalized_inputs": "static"}, tmp / "static_all.onnx", probe, calib
+    )
+    variants["onnxcomp int8 static, general placement (scheme=cnn)"] = onnxcomp_static(source, {"scheme": "cnn"}, tmp / "static_cnn.onnx", probe, calib)
+    variants["NNCF int8 static (model_type=TRANSFORMER)"] = nncf_transformer(source, tmp / "nncf.onnx", calib)
     variants["ORT MatMulNBits 8-bit block32 sym"] = ort_nbits(source, tmp / "ort_nb8.onnx", bits=8, block_size=32, is_symmetric=True, accuracy_level=4)
     variants["onnxcomp int8-weights"] = onnxcomp_model(source, "int8-weights", tmp / "w8.onnx", probe)
     variants["ORT MatMulNBits 4-bit block32 sym"] = ort_nbits(source, tmp / "ort_nb4s.onnx", bits=4, block_size=32, is_symmetric=True, accuracy_level=4)
@@ -179,7 +210,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--eval", type=int, default=500, help="evaluation sentences")
-    parser.add_argument("--calib", type=int, default=64, help="calibration sentences (int8-dynamic smoothing)")
+    parser.add_argument("--calib", type=int, default=64, help="calibration sentences (static int8, int8-dynamic smoothing, NNCF)")
     parser.add_argument("--images", type=int, default=64, help="EfficientNet evaluation crops")
     parser.add_argument("--budget", type=float, default=40.0, help="seconds of interleaved latency measurement (all variants of a model together)")
     parser.add_argument("--skip-efficientnet", action="store_true")

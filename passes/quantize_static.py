@@ -13,6 +13,15 @@ range method needs (:mod:`onnxcomp.quantization.calibration`); with
 (and matches this model) and written to it otherwise, so another ``method``
 can be tried without running the model again.
 
+In transformer blocks (detected, or forced with ``scheme``), the placement
+follows :mod:`onnxcomp.quantization.placement`'s transformer scheme: only the
+inputs of the linear layers (and of the attention-score MatMul) are quantized,
+the residual stream, LayerNorm, Softmax and GELU stay float; the linear
+inputs are smoothed first (SmoothQuant, :mod:`onnxcomp.quantization.smoothing`,
+in the same run over the data as its statistics), ranges are min/max, and the
+layers not reading a LayerNorm output (attention output and FFN
+down-projections) are quantized at run time (``unnormalized_inputs``).
+
 Models below opset 13 are converted to opset 13 first (per-channel
 DequantizeLinear needs it) when the converted model gives the same outputs on
 the first calibration sample; otherwise weights are quantized per tensor and
@@ -104,10 +113,9 @@ class QuantizeStaticConfig(PassConfig):
 
     Attributes:
         method: How activation ranges are chosen: minmax, moving-average,
-            percentile, entropy (KL) or mse. Default: mse, or minmax in the
-            transformer scheme (whose rare large activations, e.g. of the
-            GELU outputs, must not be clipped: mse loses 0.001 of MiniLM's
-            embedding cosine there).
+            percentile, entropy (KL) or mse. Default: mse, and minmax inside
+            the transformer blocks (whose rare large activations must not be
+            clipped: mse loses 0.001 of MiniLM's embedding cosine).
         percentile: Percentile kept for ``method=percentile`` (e.g. 99.99).
         activations: uint8 (fastest on x86) or int8.
         symmetric_activations: Zero point in the middle of the range (disables
@@ -136,10 +144,11 @@ class QuantizeStaticConfig(PassConfig):
             (:mod:`onnxcomp.quantization.reconstruction`).
         recovery_samples: Calibration samples used by bias correction and
             rounding reconstruction.
-        scheme: ``auto`` uses the transformer scheme when the model has
-            attention, Softmax and LayerNorm
-            (:func:`onnxcomp.quantization.transformer.is_transformer`), else
-            the general one; ``cnn`` or ``transformer`` force one.
+        scheme: ``auto`` uses the transformer scheme in the transformer
+            blocks when the model has attention, Softmax and LayerNorm
+            (:func:`onnxcomp.quantization.transformer.is_transformer`), the
+            general placement elsewhere; ``cnn`` uses the general placement
+            everywhere; ``transformer`` skips the detection.
         attention_matmuls: Transformer scheme: also quantize the attention
             score MatMul (``Q @ K^T``).
         smoothing: Transformer scheme: migrate activation outliers of the
@@ -157,6 +166,9 @@ class QuantizeStaticConfig(PassConfig):
             ``static`` gives them a calibrated range like the others. Their
             rare per-input peaks exceed a calibrated range on unseen inputs
             (:func:`onnxcomp.quantization.transformer.is_normalized`).
+        embeddings: Transformer scheme: large embedding tables read by
+            Gather (token embeddings) become int8 per row, dequantized after
+            the lookup, as ``int8-dynamic`` does.
         search_samples: Calibration samples the ``auto`` search simulates.
     """
 
@@ -184,6 +196,7 @@ class QuantizeStaticConfig(PassConfig):
     smooth_alpha: float = 0.8
     search_samples: int = 16
     unnormalized_inputs: InputQuantization = InputQuantization.DYNAMIC
+    embeddings: bool = True
 
     def validate(self) -> None:
         if not 0.0 <= self.smooth_alpha <= 1.0:
@@ -202,9 +215,9 @@ class QuantizeStaticConfig(PassConfig):
             raise ValueError(f"report_samples must be >= 0, got {self.report_samples}")
 
     def static_options(self, transformer: bool = False) -> StaticOptions:
-        method = self.method or (RangeMethod.MINMAX if transformer else RangeMethod.MSE)
         return StaticOptions(
-            method=method,
+            method=self.method or RangeMethod.MSE,
+            region_method=self.method or RangeMethod.MINMAX if transformer else None,
             percentile=self.percentile,
             activation_type=QuantType(self.activations.value),
             symmetric_activations=self.symmetric_activations,
@@ -247,7 +260,7 @@ class QuantizeStatic(Pass):
         if transformer and self.config.unnormalized_inputs is InputQuantization.DYNAMIC:
             dynamic = frozenset(
                 layer.name for layer in plan.layers
-                if layer.node.op in ("MatMul", "Gemm") and not is_normalized(layer.activation)
+                if layer.node.op in ("MatMul", "Gemm") and layer.name in plan.region and not is_normalized(layer.activation)
             )
             if dynamic:
                 placement = dataclasses.replace(options.placement, exclude=options.placement.exclude + tuple(sorted(dynamic)))
@@ -265,6 +278,7 @@ class QuantizeStatic(Pass):
             quantizer = StaticQuantizer(model, None, quantizer.options, opset)
             _, plan = quantizer.plan()
         quantizer.dynamic_layers = DynamicLayers(dynamic, dynamic_smooth, self.config.per_channel)
+        quantizer.embeddings = transformer and self.config.embeddings
         quantizer.stats = self._statistics(model, calibration_data, observations(plan), ctx)
         artifacts["calibration_samples"] = quantizer.stats.samples
         if self.config.rounding is Rounding.RECONSTRUCT:
@@ -329,7 +343,10 @@ class QuantizeStatic(Pass):
         One run over ``data`` collects the statistics of both.
         """
         quantized = set(plan.observed_names())
-        names = {layer.name for layer in plan.layers if layer.node.op in ("MatMul", "Gemm") and layer.activation.name in quantized}
+        names = {
+            layer.name for layer in plan.layers
+            if layer.node.op in ("MatMul", "Gemm") and layer.name in plan.region and layer.activation.name in quantized
+        }
         graph = import_graph(model)
         layers = find_weight_layers(graph)
         static = group_by_activation([layer for layer in layers if layer.node.name in names])

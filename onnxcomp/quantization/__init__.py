@@ -18,5 +18,12 @@ Static int8 quantization (``quantize-static``):
 * :mod:`.sensitivity`, :mod:`.holdout` — output metrics, per-layer sensitivity,
   mixed precision (``max_drop``) on held-out samples.
 * :mod:`.sqnr_report` — per-tensor SQNR of the quantized model against float.
+* :mod:`.transformer` — recognizing transformer blocks (attention, Softmax,
+  LayerNorm) and normalized tensors, for the transformer placement scheme.
+* :mod:`.smoothing` — SmoothQuant (activation outliers into weights), shared
+  with dynamic int8: factors, strength search on simulated error.
 * :mod:`.static` — the steps put together (:class:`~.static.StaticQuantizer`).
+
+Dynamic int8 (``quantize-dynamic``): :mod:`.dynamic` (also the run-time
+quantized layers of the static transformer scheme).
 """

@@ -33,7 +33,10 @@ plan made here follows those rules:
   output gets a Q only when a quantized op reads it.
 
 **Transformer scheme** (``PlacementOptions.transformer``, chosen by
-:func:`onnxcomp.quantization.transformer.is_transformer`): only the inputs of
+:func:`onnxcomp.quantization.transformer.is_transformer`), inside the
+transformer blocks only (:func:`~.transformer.transformer_region`: between
+the normalizations and Softmaxes; a CNN stem or head keeps the rules above):
+only the inputs of
 the compute layers are quantized (the weight MatMul/Gemm/Conv, and the
 attention MatMuls with two run-time inputs unless ``attention_matmuls`` is
 off). Region ops (:data:`TRANSFORMER_FLOAT_OPS`: the residual Adds, the Muls
@@ -68,6 +71,7 @@ from onnxcomp.graph import (
 )
 
 from .layers import LinearLayer, linear_layer
+from .transformer import transformer_region
 
 logger = logging.getLogger(__name__)
 
@@ -183,6 +187,8 @@ class QuantPoint:
         group: Index of the group of points sharing one scale and zero point.
         readers: The nodes that read the DequantizeLinear (the others keep
             reading the float tensor); None: every reader does.
+        in_region: Produced inside a transformer block (see
+            :func:`~.transformer.transformer_region`).
     """
 
     tensor: gs.Tensor
@@ -191,6 +197,7 @@ class QuantPoint:
     clip: tuple[float, float] | None = None
     group: int = -1
     readers: tuple[gs.Node, ...] | None = None
+    in_region: bool = False
 
     @property
     def name(self) -> str:
@@ -207,6 +214,7 @@ class QuantPlan:
         groups: For each group, the indices of its points (they share parameters).
         layers: The quantized compute layers with constant weights.
         skipped: Node name -> why a quantizable node stays float.
+        region: Names of the nodes inside transformer blocks (transformer scheme).
     """
 
     nodes: list[gs.Node]
@@ -214,6 +222,7 @@ class QuantPlan:
     groups: list[list[int]]
     layers: list[LinearLayer]
     skipped: dict[str, str]
+    region: frozenset[str] = frozenset()
 
     def point(self, name: str) -> QuantPoint | None:
         """The point whose observed tensor is ``name``."""
@@ -263,6 +272,8 @@ class _Planner:
         self.act_inputs: dict[int, tuple[gs.Tensor, ...]] = {}
         self.rules: dict[int, OpRule] = {}
         self.quantized: set[int] = set()
+        self.region: set[int] = transformer_region(graph) if options.transformer else set()
+        """Ids of the nodes inside transformer blocks (the transformer rules apply there only)."""
 
     # -- candidates ---------------------------------------------------------------
     def _activation_inputs(self, node: gs.Node, rule: OpRule) -> tuple[gs.Tensor, ...] | str:
@@ -283,7 +294,7 @@ class _Planner:
         """Register ``node`` as a candidate; returns why it cannot be one."""
         if not is_onnx_op(node) or node.op not in OP_RULES:
             return "no integer kernel"
-        if self.options.transformer and node.op in TRANSFORMER_FLOAT_OPS:
+        if id(node) in self.region and node.op in TRANSFORMER_FLOAT_OPS:
             return "transformer scheme: residual stream and elementwise ops stay float"
         rule = OP_RULES[node.op]
         if node.op in ("Conv", "Gemm"):
@@ -295,7 +306,7 @@ class _Planner:
             layer = linear_layer(self.graph, node)
             if layer is not None:
                 self.layers[id(node)] = layer
-            elif self.options.transformer and not self.options.attention_matmuls:
+            elif id(node) in self.region and not self.options.attention_matmuls:
                 return "transformer scheme: attention MatMul kept float (attention_matmuls off)"
         elif node.op == "MaxPool" and (self.opset < 12 or len([o for o in node.outputs if o.name]) > 1):
             return "MaxPool before opset 12 or with indices output"
@@ -424,7 +435,8 @@ class _Planner:
         nodes = [n for n in order if id(n) in self.quantized]
         points, groups = self._points(nodes)
         layers = [self.layers[id(n)] for n in nodes if id(n) in self.layers]
-        return QuantPlan(nodes, points, groups, layers, self.skipped)
+        region = frozenset(n.name for n in order if id(n) in self.region and n.name)
+        return QuantPlan(nodes, points, groups, layers, self.skipped, region)
 
     def _keep_float(self, ids: set[int], reason: str) -> None:
         for node in self.graph.nodes:
@@ -439,17 +451,11 @@ class _Planner:
         act = self.foldable(tensor)
         if act is not None:
             return QuantPoint(tensor, act.outputs[0], act, clip_bounds(act))
-        return QuantPoint(tensor, tensor, readers=self._dq_readers(tensor))
-
-    def _dq_readers(self, tensor: gs.Tensor) -> tuple[gs.Node, ...] | None:
-        """Transformer scheme: when ``tensor``'s producer runs in float, only the
-        quantized ops read its DequantizeLinear (None: every reader does)."""
-        if not self.options.transformer:
-            return None
         node = producer(tensor)
-        if node is not None and id(node) in self.quantized:
-            return None
-        return tuple(r for r in tensor.outputs if id(r) in self.quantized)
+        if node is None or id(node) not in self.region:
+            return QuantPoint(tensor, tensor)
+        readers = None if id(node) in self.quantized else tuple(r for r in tensor.outputs if id(r) in self.quantized)
+        return QuantPoint(tensor, tensor, readers=readers, in_region=True)
 
     def _points(self, nodes: list[gs.Node]) -> tuple[list[QuantPoint], list[list[int]]]:
         by_name: dict[str, int] = {}

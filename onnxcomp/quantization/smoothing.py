@@ -70,36 +70,48 @@ def quantize_weight_columns(weight: np.ndarray, *, per_channel: bool) -> tuple[n
     return quantize(weight, params), params.scale.astype(np.float32)
 
 
-def _matmul_error(samples: Sequence[np.ndarray], weight: np.ndarray, smooth: np.ndarray | None, per_channel: bool, params_of) -> float:
+def _matmul_error(
+    samples: Sequence[np.ndarray], weight: np.ndarray, smooth: np.ndarray | None, per_channel: bool, params_of,
+    references: Sequence[np.ndarray] | None,
+) -> float:
     w = weight if smooth is None else weight * smooth[:, None]
     wq, ws = quantize_weight_columns(w, per_channel=per_channel)
     w_approx = wq.astype(np.float32) * (ws if ws.ndim == 0 else ws[None, :])
     rows = [x.reshape(-1, x.shape[-1]).astype(np.float32) for x in samples]
     scaled = rows if smooth is None else [x / smooth for x in rows]
     params = params_of(scaled)
+    if references is None:
+        references = [x @ weight for x in rows]
     total = 0.0
-    for x, xs in zip(rows, scaled):
+    for y, xs in zip(references, scaled):
         p = params(xs)
-        diff = x @ weight - dequantize(quantize(xs, p), p) @ w_approx
+        diff = y - dequantize(quantize(xs, p), p) @ w_approx
         total += float(np.sum(diff.astype(np.float64) ** 2))
     return total
 
 
-def dynamic_matmul_error(samples: Sequence[np.ndarray], weight: np.ndarray, smooth: np.ndarray | None, *, per_channel: bool) -> float:
+def dynamic_matmul_error(
+    samples: Sequence[np.ndarray], weight: np.ndarray, smooth: np.ndarray | None, *, per_channel: bool,
+    references: Sequence[np.ndarray] | None = None,
+) -> float:
     """Squared error of the dynamically quantized layer against float, summed over ``samples``.
 
     Each sample (an activation ``[..., K]`` of one run) is quantized the way
     DynamicQuantizeLinear does it at run time (uint8, asymmetric, its own
     min/max), after dividing by ``smooth``; the weight as the rewrite stores it.
+    ``references``: the float outputs ``x @ weight`` per sample, if known.
     """
 
     def per_run(_scaled):
         return lambda xs: params_from_range(float(xs.min()), float(xs.max()), QuantType.UINT8, symmetric=False)
 
-    return _matmul_error(samples, weight, smooth, per_channel, per_run)
+    return _matmul_error(samples, weight, smooth, per_channel, per_run, references)
 
 
-def static_matmul_error(samples: Sequence[np.ndarray], weight: np.ndarray, smooth: np.ndarray | None, *, per_channel: bool) -> float:
+def static_matmul_error(
+    samples: Sequence[np.ndarray], weight: np.ndarray, smooth: np.ndarray | None, *, per_channel: bool,
+    references: Sequence[np.ndarray] | None = None,
+) -> float:
     """Like :func:`dynamic_matmul_error`, with one uint8 range (min/max over all ``samples``)
     for the activation, as static quantization calibrates it."""
 
@@ -109,7 +121,7 @@ def static_matmul_error(samples: Sequence[np.ndarray], weight: np.ndarray, smoot
         fixed = params_from_range(lo, hi, QuantType.UINT8, symmetric=False)
         return lambda xs: fixed
 
-    return _matmul_error(samples, weight, smooth, per_channel, overall)
+    return _matmul_error(samples, weight, smooth, per_channel, overall, references)
 
 
 ErrorFunction = Callable[..., float]
@@ -121,14 +133,18 @@ def best_alpha(
     """The candidate strength (None = no smoothing) with the least relative output error
     summed over the readers, and each reader's relative squared error with it.
 
-    ``error(samples, weight, smooth, per_channel=...)`` simulates one layer
+    ``error(samples, weight, smooth, per_channel=..., references=...)`` simulates one layer
     (:func:`dynamic_matmul_error` or :func:`static_matmul_error`).
     """
-    energies = [sum(float(np.sum((x.reshape(-1, x.shape[-1]) @ w).astype(np.float64) ** 2)) for x in samples) for w in weights]
+    references = [[x.reshape(-1, x.shape[-1]).astype(np.float32) @ w for x in samples] for w in weights]
+    energies = [sum(float(np.sum(y.astype(np.float64) ** 2)) for y in ys) for ys in references]
 
     def errors(alpha: float | None) -> list[float]:
         smooth = None if alpha is None else smoothing_factors(absmax, weights, alpha)
-        return [error(samples, w, smooth, per_channel=per_channel) / max(energy, 1e-30) for w, energy in zip(weights, energies)]
+        return [
+            error(samples, w, smooth, per_channel=per_channel, references=ys) / max(energy, 1e-30)
+            for w, ys, energy in zip(weights, references, energies)
+        ]
 
     results = {alpha: errors(alpha) for alpha in (None, *SMOOTH_CANDIDATES)}
     best = min(results, key=lambda a: sum(results[a]))

@@ -47,6 +47,7 @@ from .placement import (
 )
 from .qdq import InsertionSummary, QuantizedWeight, insert_qdq
 from .qparams import QParams, QuantType, params_from_range
+from .weight_only import find_embedding_tables, quantize_embedding
 from .weights import layer_weight_params, quantize_layer_weight
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,8 @@ class StaticOptions:
         symmetric_activations: Zero point at the middle of the range.
         per_channel: One weight scale per output channel (else per tensor).
         placement: Exclusions and layer policies.
+        region_method: Range method of the points inside transformer blocks
+            (None: ``method``).
     """
 
     method: RangeMethod = RangeMethod.MSE
@@ -73,6 +76,7 @@ class StaticOptions:
     symmetric_activations: bool = False
     per_channel: bool = True
     placement: PlacementOptions = dataclasses.field(default_factory=PlacementOptions)
+    region_method: RangeMethod | None = None
 
 
 def observations(plan: QuantPlan, channel_means_for: Collection[LinearLayer] = ()) -> list[Observation]:
@@ -107,7 +111,7 @@ def point_range(stats: Statistics, point: QuantPoint, options: StaticOptions) ->
     lo, hi = tensor_range(
         stats,
         stats.index(point.name),
-        options.method,
+        options.region_method if point.in_region and options.region_method else options.method,
         qtype=options.activation_type,
         symmetric=options.symmetric_activations,
         percentile=options.percentile,
@@ -196,6 +200,8 @@ class StaticQuantizer:
         """Layer name -> float bias to use instead of the model's (bias correction)."""
         self.dynamic_layers = DynamicLayers()
         """Layers quantized at run time after the static rewrite."""
+        self.embeddings = False
+        """Store large Gather tables (token embeddings) as int8 per row (:mod:`.weight_only`)."""
 
     def plan(self, extra_exclude: Collection[str] = ()) -> tuple[gs.Graph, QuantPlan]:
         graph = import_graph(self.model)
@@ -240,6 +246,11 @@ class StaticQuantizer:
         weights = self.quantized_weights(plan, params)
         summary = insert_qdq(graph, plan, params, weights, opset=self.opset)
         self.dynamic_layers.apply(graph)
+        if self.embeddings:
+            namer = Namer(graph)
+            for table in find_embedding_tables(graph):
+                quantize_embedding(graph, namer, table)
+            graph.cleanup(remove_unused_graph_inputs=False)
         return QuantizedModel(graph, plan, summary, params)
 
 

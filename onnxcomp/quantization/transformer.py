@@ -55,10 +55,7 @@ def is_transformer(graph: gs.Graph) -> bool:
         return False
     if not attention_matmuls(graph):
         return False
-    return any(
-        (node.op in NORM_OPS and (node.domain or "") in ("", "ai.onnx", "com.microsoft")) or _decomposed_norm(node)
-        for node in graph.nodes
-    )
+    return any(_anchor(node) and not is_onnx_op(node, "Softmax") for node in graph.nodes)
 
 
 
@@ -99,3 +96,34 @@ def is_normalized(tensor: gs.Tensor) -> bool:
     if node.op in NORM_OPS:
         return True
     return is_onnx_op(node, "Mul", "Add", "Div") and _reaches(tensor, _NORM_CORE, 3)
+
+
+def _anchor(node: gs.Node) -> bool:
+    return (node.op in NORM_OPS and (node.domain or "") in ("", "ai.onnx", "com.microsoft")) or _decomposed_norm(node) or is_onnx_op(node, "Softmax")
+
+
+def transformer_region(graph: gs.Graph) -> set[int]:
+    """Ids of the nodes inside the transformer blocks: those both reachable from and
+    reaching a normalization or Softmax (the anchors, included).
+
+    The CNN stem before the first block and the head after the last
+    normalization (a convolutional neck, a CTC classifier) are outside, so a
+    hybrid model keeps the general placement there.
+    """
+    anchors = [node for node in graph.nodes if _anchor(node)]
+
+    def closure(forward: bool) -> set[int]:
+        seen: set[int] = set()
+        stack = list(anchors)
+        while stack:
+            node = stack.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if forward:
+                stack.extend(reader for out in node.outputs for reader in out.outputs)
+            else:
+                stack.extend(p for t in node.inputs if (p := producer(t)) is not None)
+        return seen
+
+    return closure(True) & closure(False)
