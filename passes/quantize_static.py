@@ -131,7 +131,7 @@ class QuantizeStaticConfig(PassConfig):
             float until the ``metric`` drop on held-out samples is at most this
             (every 5th sample, up to ``holdout`` of them, is held out of
             calibration for it).
-        metric: cosine, kl or top1 (see :mod:`onnxcomp.quantization.sensitivity`).
+        metric: cosine, kl, top1, or auto: the run's quality measure (see :mod:`onnxcomp.quantization.sensitivity`).
         holdout: Held-out samples for ``max_drop``.
         max_float_layers: Stop mixed precision after this many float layers.
         report_samples: Samples for the per-tensor SQNR report (0: none);
@@ -405,7 +405,7 @@ class QuantizeStatic(Pass):
 
     def _mixed_precision(self, quantizer: StaticQuantizer, plan, held_out, ctx: PassContext, artifacts: dict) -> list[str]:
         """Layers to keep float so the held-out drop is at most ``max_drop``."""
-        evaluator = Evaluator(quantizer.model, held_out, self.config.metric)
+        evaluator = Evaluator(quantizer.model, held_out, self.config.metric, quality=ctx.metric)
         layers = compute_layer_names(plan)
 
         def drop_with_float(names) -> float:

@@ -154,3 +154,18 @@ def test_a_metric_with_nothing_to_measure_says_the_budget_was_not_applied():
     assert result.report.verification.quality.metric == "detection"
     assert result.report.verification.quality.result.value is None
     assert any("had nothing to measure" in w for w in result.report.warnings)
+
+
+def test_mixed_precision_measures_with_the_runs_metric(model_path, calib):
+    """quantize-static's max_drop search (metric: auto) asks the same metric the run is judged by."""
+    calls = []
+
+    def score(reference, candidate):
+        calls.append(1)
+        return -float(np.abs(reference["logits"] - candidate["logits"]).max())
+
+    passes = ["cleanup", {"quantize-static": {"max_drop": 0.0, "metric": "auto"}}]
+    result = onnxcomp.optimize(model_path, passes, data=calib, metric=score, max_drop=10.0, latency=False)
+    verification_calls = 2 * result.report.verification.samples  # the identical-outputs score and the candidate's
+    assert len(calls) > verification_calls
+    assert result.report.artifacts["quantize-static"]["mixed_precision"]["metric"] == "auto"

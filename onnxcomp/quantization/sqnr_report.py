@@ -35,6 +35,8 @@ def tensor_sqnr(
     """
     computed = {o for n in quantized.graph.node for o in n.output}
     names = [n for n in pairs if pairs[n] in computed]
+    if not names:  # every layer kept float: nothing quantized to measure (onnxruntime would run all outputs)
+        return {}
     ref_session = session_with_outputs(reference, names, level=OptLevel.DISABLED)
     quant_names = [pairs[n] for n in names]
     quant_session = session_with_outputs(quantized, quant_names, level=OptLevel.DISABLED)
