@@ -12,75 +12,24 @@ import functools
 import json
 import logging
 import signal
-import sys
 from pathlib import Path
 
 import click
 
 from . import __version__
+from .cli_common import State, apply_verbosity, image_options, image_options_flags, progress_factory, verbosity
 from .errors import INTERRUPTED, Interrupted, OnnxcompError, UsageError
 from .pipelines import QUANTIZE_MODES
 
 logger = logging.getLogger("onnxcomp")
 
 
-class _OneLineFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        level = record.levelname.lower()
-        line = f"onnxcomp: {level}: {' '.join(record.getMessage().split())}"
-        if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
-        return line
-
-
-def _configure_logging(verbose: int, quiet: bool) -> None:
-    level = logging.ERROR if quiet else {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_OneLineFormatter())
-    root = logging.getLogger("onnxcomp")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
-
-
-def _verbosity(func):
-    func = click.option("-v", "--verbose", count=True, help="More output (-vv for debug and tracebacks).")(func)
-    func = click.option("-q", "--quiet", is_flag=True, help="Errors only; no progress bars or tables.")(func)
-    return func
-
-
-class _State:
-    """Verbosity of the current invocation; the group and the subcommand both accept -v/-q.
-
-    Reset by ``main`` so one call's ``-q`` never silences the next call in the same process.
-    """
-
-    verbose = 0
-    quiet = False
-
-    @classmethod
-    def reset(cls) -> None:
-        cls.verbose, cls.quiet = 0, False
-
-
-def _apply_verbosity(verbose: int, quiet: bool) -> None:
-    _State.verbose = max(_State.verbose, verbose)
-    _State.quiet = _State.quiet or quiet
-    _configure_logging(_State.verbose, _State.quiet)
-
-
-def _progress():
-    from .progress import null_progress, tqdm_progress
-
-    return null_progress if _State.quiet else tqdm_progress
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="onnxcomp")
-@_verbosity
+@verbosity
 def cli(verbose: int, quiet: bool) -> None:
     """Compress ONNX models: cleanup, pruning, quantization, distillation export."""
-    _apply_verbosity(verbose, quiet)
+    apply_verbosity(verbose, quiet)
 
 
 def _input_shape_option(func):
@@ -99,10 +48,10 @@ def _input_shape_option(func):
 @click.option("--layers", is_flag=True, help="List MACs of every compute layer.")
 @click.option("--prunable", is_flag=True, help="List the channel dependency groups --prune sees and why others are frozen.")
 @_input_shape_option
-@_verbosity
+@verbosity
 def inspect(model: Path, as_json: bool, layers: bool, prunable: bool, input_shapes: tuple[str, ...], verbose: int, quiet: bool) -> None:
     """Summarize MODEL: opset, inputs/outputs, ops, parameters, size, MACs."""
-    _apply_verbosity(verbose, quiet)
+    apply_verbosity(verbose, quiet)
     from .api import inspect as inspect_model
     from .data import parse_shape_overrides
     from .report import _count, _size
@@ -145,41 +94,6 @@ def inspect(model: Path, as_json: bool, layers: bool, prunable: bool, input_shap
         click.echo("")
         for layer in sorted(stats.layer_macs, key=lambda x: -x.macs):
             click.echo(f"  {layer.macs:>15,}  {layer.op:<14} {layer.node}")
-
-
-def _image_options(size, mean, std, scale, layout, order, resize):
-    from .data_images import ChannelOrder, ImageOptions, Layout, Resize
-
-    def floats(text, name):
-        if text is None:
-            return None
-        try:
-            values = tuple(float(v) for v in text.split(","))
-        except ValueError:
-            raise UsageError(f"--image-{name} expects comma-separated numbers, got '{text}'") from None
-        if len(values) == 1:
-            values = values * 3
-        if len(values) != 3:
-            raise UsageError(f"--image-{name} expects 1 or 3 numbers, got {len(values)}")
-        return values
-
-    kwargs = {}
-    if size:
-        try:
-            h, w = (int(v) for v in size.lower().split("x"))
-        except ValueError:
-            raise UsageError(f"--image-size expects HxW, e.g. 224x224, got '{size}'") from None
-        kwargs["size"] = (h, w)
-    if mean is not None:
-        kwargs["mean"] = floats(mean, "mean")
-    if std is not None:
-        kwargs["std"] = floats(std, "std")
-    if scale is not None:
-        kwargs["scale"] = scale
-    kwargs["layout"] = Layout(layout)
-    kwargs["channel_order"] = ChannelOrder(order)
-    kwargs["resize"] = Resize(resize)
-    return ImageOptions(**kwargs)
 
 
 @cli.command()
@@ -248,18 +162,8 @@ def _image_options(size, mean, std, scale, layout, order, resize):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite-input", is_flag=True, help="Allow the output to replace the input file.")
 @_input_shape_option
-@click.option("--image-size", help="Image folders: HxW (default: from the model input).")
-@click.option("--image-mean", help="Image folders: per-channel mean, after --image-scale (e.g. 0.485,0.456,0.406).")
-@click.option("--image-std", help="Image folders: per-channel std (e.g. 0.229,0.224,0.225).")
-@click.option("--image-scale", type=float, help="Image folders: multiply pixels (0..255) by this first [default: 1/255].")
-@click.option("--image-layout", type=click.Choice(["auto", "NCHW", "NHWC"]), default="auto", show_default=True)
-@click.option("--image-order", type=click.Choice(["RGB", "BGR"]), default="RGB", show_default=True)
-@click.option(
-    "--image-resize", type=click.Choice(["crop", "stretch", "letterbox"]), default="crop", show_default=True,
-    help="Image folders: crop = shorter side to size/0.875, then the centre crop (ImageNet evaluation); "
-    "stretch = straight to size; letterbox = fit the longer side, pad with grey 114 (YOLO detectors).",
-)
-@_verbosity
+@image_options_flags
+@verbosity
 def optimize(model: Path, output: Path | None, calib: Path | None, calib_limit: int | None, verify_data: Path | None, recipe: Path | None,
              pass_list: str | None, prune: float | None, quantize: str | None, finetune: bool,
              finetune_epochs: int | None, finetune_steps: int | None, finetune_minutes: float | None,
@@ -270,7 +174,7 @@ def optimize(model: Path, output: Path | None, calib: Path | None, calib_limit: 
              overwrite_input: bool, input_shapes: tuple[str, ...], image_size, image_mean, image_std, image_scale,
              image_layout, image_order, image_resize, verbose: int, quiet: bool) -> None:  # fmt: skip
     """Optimize MODEL, verify it against the original, and write it."""
-    _apply_verbosity(verbose, quiet)
+    apply_verbosity(verbose, quiet)
     from .api import optimize as run_optimize
     from .data import parse_shape_overrides
     from .pipelines import pipeline_from_flags
@@ -300,7 +204,7 @@ def optimize(model: Path, output: Path | None, calib: Path | None, calib_limit: 
     check_run_paths(model, output=output, data=calib, verify_data=verify_data, recipe=recipe,
                     reports={"the report (--report)": report_path, "the pruning plan (--prune-plan)": plan_path},
                     overwrite_input=overwrite_input)
-    image_options = _image_options(image_size, image_mean, image_std, image_scale, image_layout, image_order, image_resize)
+    images = image_options(image_size, image_mean, image_std, image_scale, image_layout, image_order, image_resize)
     if quantize == "auto":
         from .auto import optimize_auto
 
@@ -318,7 +222,7 @@ def optimize(model: Path, output: Path | None, calib: Path | None, calib_limit: 
             verify_samples=verify_samples,
             latency=latency,
             input_shapes=parse_shape_overrides(input_shapes),
-            image_options=image_options,
+            image_options=images,
             checks=checks or None,
             max_abs_error=max_abs_error,
             min_cosine=min_cosine,
@@ -329,7 +233,7 @@ def optimize(model: Path, output: Path | None, calib: Path | None, calib_limit: 
             strict=strict,
             seed=seed,
             overwrite_input=overwrite_input,
-            progress=_progress(),
+            progress=progress_factory(),
         )
     except OnnxcompError as err:
         report = getattr(err, "report", None)
@@ -342,7 +246,7 @@ def optimize(model: Path, output: Path | None, calib: Path | None, calib_limit: 
         from .pruning.plan import write_plan_artifact
 
         write_plan_artifact(result.report.artifacts, plan_path)
-    if not _State.quiet:
+    if not State.quiet:
         click.echo(result.report.render())
         if "auto" in result.report.artifacts:
             from .auto import render_candidates
@@ -390,7 +294,7 @@ def _raise_interrupt(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``onnxcomp`` script; returns the exit code."""
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    _State.reset()
+    State.reset()
     try:
         cli.main(args=argv, prog_name="onnxcomp", standalone_mode=False)
         return 0
@@ -409,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"onnxcomp: error: {_one_line(exc.format_message())}", err=True)
         return exc.exit_code
     except OnnxcompError as exc:
-        if _State.verbose >= 2:
+        if State.verbose >= 2:
             logger.exception("traceback")
         click.echo(f"onnxcomp: error: {_one_line(str(exc))}", err=True)
         return exc.exit_code
@@ -418,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"onnxcomp: error: {reason}", err=True)
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
-        if _State.verbose >= 2:
+        if State.verbose >= 2:
             logger.exception("traceback")
         click.echo(
             f"onnxcomp: internal error: {type(exc).__name__}: {_one_line(str(exc))[:500]} "

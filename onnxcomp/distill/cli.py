@@ -6,19 +6,11 @@ Only click is imported at module level, so registering the group keeps
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import click
 
-from ..cli import (
-    _apply_verbosity,
-    _image_options,
-    _progress,
-    _State,
-    _verbosity,
-    optimize,
-)
+from ..cli_common import State, apply_verbosity, image_options_flags, image_options_from, progress_factory, verbosity
 from ..errors import INTERRUPTED, Interrupted, UsageError
 
 
@@ -66,12 +58,12 @@ def _parse_part(text: str | None) -> tuple[int, int] | None:
 )
 @click.option("--ray-address", help="Ray cluster address [default: start a local Ray instance].")
 @click.option("--workers", type=click.IntRange(min=1), help="Parallel Ray tasks [default: cluster CPUs].")
-@_verbosity
+@verbosity
 def export_command(teacher: Path, data: Path, out: Path, logits, features, dtype, top_k, temperature, probabilities,
                    class_axis, batch_size, samples_per_shard, part, limit, augment, views, seed, backend, ray_address,
                    workers, verbose: int, quiet: bool, **image) -> None:  # fmt: skip
     """Run TEACHER over --data and store its outputs in --output."""
-    _apply_verbosity(verbose, quiet)
+    apply_verbosity(verbose, quiet)
     from .config import ExportConfig
     from .export import export_teacher
 
@@ -82,12 +74,12 @@ def export_command(teacher: Path, data: Path, out: Path, logits, features, dtype
     )
     try:
         summary = export_teacher(
-            teacher, data, out, config, part=_parse_part(part), image_options=_image_options_from(image), limit=limit,
-            backend=backend, ray_address=ray_address, workers=workers, progress=_progress(),
+            teacher, data, out, config, part=_parse_part(part), image_options=image_options_from(image), limit=limit,
+            backend=backend, ray_address=ray_address, workers=workers, progress=progress_factory(),
         )
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: say what was kept
         raise Interrupted(_interrupted(out)) from err
-    if not _State.quiet:
+    if not State.quiet:
         click.echo(summary.render())
 
 
@@ -102,16 +94,7 @@ def _interrupted(out: Path) -> str:
     return f"interrupted; {kept} finished shard(s) kept in {out}, nothing half-written; run the same command again to resume"
 
 
-def _image_options_from(values: dict):
-    return _image_options(*(values[f"image_{k}"] for k in ("size", "mean", "std", "scale", "layout", "order", "resize")))
-
-
-def _add_image_options(command: click.Command) -> None:
-    """The ``--image-*`` options of ``onnxcomp optimize``, shared rather than repeated."""
-    command.params.extend(copy.copy(p) for p in optimize.params if p.name and p.name.startswith("image_"))
-
-
-_add_image_options(export_command)
+image_options_flags(export_command)
 
 
 def _parse_pairs(texts) -> dict[str, str]:
@@ -154,12 +137,12 @@ def _parse_pairs(texts) -> dict[str, str]:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the shuffle order.")
 @click.option("--threads", type=click.IntRange(min=1), help="torch threads [default: torch's setting].")
 @click.option("--no-data-check", is_flag=True, help="Skip hashing the data against the export (the sample count is still checked).")
-@_verbosity
+@verbosity
 def train_command(student: Path, export: Path, data: Path, output: Path | None, epochs, steps, minutes, lr, weight_decay, batch_size,
                   temperature, labels, label_weight, pairs, heldout, limit, seed, threads, no_data_check,
                   verbose: int, quiet: bool) -> None:  # fmt: skip
     """Train the ONNX model STUDENT against the teacher outputs exported in --teacher-outputs."""
-    _apply_verbosity(verbose, quiet)
+    apply_verbosity(verbose, quiet)
     from ..outputs import check_outputs_distinct
     from . import train
 
@@ -172,9 +155,9 @@ def train_command(student: Path, export: Path, data: Path, output: Path | None, 
     _, report = train(
         student, export, data, output=output, epochs=epochs, steps=steps, minutes=minutes, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
         temperature=temperature, labels=labels, label_weight=label_weight, pairs=_parse_pairs(pairs), limit=limit,
-        heldout=heldout, seed=seed, threads=threads, check_data=not no_data_check, progress=_progress(),
+        heldout=heldout, seed=seed, threads=threads, check_data=not no_data_check, progress=progress_factory(),
     )  # fmt: skip
-    if not _State.quiet:
+    if not State.quiet:
         click.echo(report.summary())
 
 
@@ -206,10 +189,10 @@ def info_command(export: Path, as_json: bool) -> None:
 @click.option("--teacher", type=click.Path(path_type=Path), help="Check that the export was made with this model.")
 @click.option("--data", type=click.Path(path_type=Path), help="Check that the export was made from these samples.")
 @click.option("--limit", type=click.IntRange(min=1), help="The --limit the export used.")
-@_verbosity
+@verbosity
 def verify_command(export: Path, teacher: Path | None, data: Path | None, limit: int | None, verbose: int, quiet: bool, **image) -> None:
     """Check EXPORT: complete, every shard checksum, optionally the teacher and the data."""
-    _apply_verbosity(verbose, quiet)
+    apply_verbosity(verbose, quiet)
     from .reader import TeacherOutputs
 
     outputs = TeacherOutputs(export, verify="open")
@@ -222,10 +205,10 @@ def verify_command(export: Path, teacher: Path | None, data: Path | None, limit:
         explicit = any(image[k] is not None for k in ("image_size", "image_mean", "image_std", "image_scale")) or any(
             image[k] != v for k, v in defaults.items()
         )
-        outputs.check_data(data, image_options=_image_options_from(image) if explicit else None, limit=limit)
+        outputs.check_data(data, image_options=image_options_from(image) if explicit else None, limit=limit)
         checked.append("data matches")
-    if not _State.quiet:
+    if not State.quiet:
         click.echo(f"{export}: " + "; ".join(checked))
 
 
-_add_image_options(verify_command)
+image_options_flags(verify_command)
