@@ -252,6 +252,13 @@ CASES = {
     "where-broadcast": ("Where", [X(np.array([True, False, True])), X(f32(2, 1)), np.float32(-1)], {}),
     "expand-int": ("Expand", [X(np.array([[1], [2]], I64)), np.array([2, 3], I64)], {}),
     "constantofshape-int": ("ConstantOfShape", [np.array([2, 2], I64)], dict(value=onnx.helper.make_tensor("v", onnx.TensorProto.INT64, [1], [3]))),
+    "dynamic-quantize": ("DynamicQuantizeLinear", [X(f32(2, 4, 9, 9) * 3)], {}, 17, 3),
+    "dynamic-quantize-positive": ("DynamicQuantizeLinear", [X(f32(3, 5, low=0.1))], {}, 17, 3),  # range widened to 0
+    "matmul-integer": ("MatMulInteger", [X(np.random.default_rng(3).integers(0, 256, (2, 3, 40), dtype=np.uint8)),
+                                         np.random.default_rng(4).integers(-127, 128, (40, 5), dtype=np.int8),
+                                         np.uint8(131), np.array([0, 3, -2, 1, 5], np.int8)], {}),
+    "matmul-integer-no-zero-points": ("MatMulInteger", [X(np.random.default_rng(5).integers(0, 256, (4, 8), dtype=np.uint8)),
+                                                        np.random.default_rng(6).integers(0, 256, (8, 3), dtype=np.uint8)], {}),
     "quantize-no-zero-point": ("QuantizeLinear", [x4, np.float32(0.05)], {}),
     "dequantize-uint8": ("DequantizeLinear", [X(np.arange(10, dtype=np.uint8)), np.float32(0.5), np.uint8(3)], {}),
     "quantize-int16": ("QuantizeLinear", [x4, np.float32(0.001), np.int16(5)], {}, 21),

@@ -378,9 +378,13 @@ def _quantized_weights(nodes: list[onnx.NodeProto], values: Mapping[str, np.ndar
 
 
 def _code_types(nodes: list[onnx.NodeProto], values: Mapping[str, np.ndarray], declared: Mapping[str, int]) -> dict[str, int]:
-    """Graph outputs that QuantizeLinear nodes produce -> their ONNX integer type."""
+    """Graph outputs that QuantizeLinear, DynamicQuantizeLinear and MatMulInteger nodes produce -> their ONNX integer type."""
     found = {}
     for node in nodes:
+        if node.op_type == "DynamicQuantizeLinear":
+            found.update({name: onnx.TensorProto.UINT8 for name in node.output[0:3:2] if name in declared})
+        elif node.op_type == "MatMulInteger" and node.output[0] in declared:
+            found[node.output[0]] = onnx.TensorProto.INT32
         if node.op_type != "QuantizeLinear" or node.output[0] not in declared:
             continue
         zero_point = node.input[2] if len(node.input) > 2 and node.input[2] else None

@@ -733,6 +733,32 @@ def _dequantize_linear(node, x):
     return codes * _per_axis(scale, data, axis)
 
 
+def _dynamic_quantize_linear(node, x):
+    """uint8 codes of ``x`` with a scale and zero point from its own range, which ONNX widens to
+    include 0; the codes pass gradients straight through, the scale and zero point are data."""
+    data = x[0]
+    with torch.no_grad():
+        lo = torch.clamp(data.min(), max=0.0)
+        scale = (torch.clamp(data.max(), min=0.0) - lo) / 255.0
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))  # all zeros: codes = zero point = 0
+        zero_point = torch.clamp(torch.round(-lo / safe), 0, 255)
+    return fake_quantize(data, safe, zero_point, 0, 255), scale, zero_point
+
+
+def _matmul_integer(node, x):
+    """``(A - a_zero_point) @ (B - b_zero_point)``, exact in float64 like onnxruntime's int32, as float32."""
+    a_zp = x[2] if len(x) > 2 else None
+    b_zp = x[3] if len(x) > 3 else None
+    a = x[0].to(torch.float64)
+    b = x[1].to(torch.float64)
+    if a_zp is not None:
+        a_zp = a_zp.to(torch.float64)
+        a = a - (a_zp.unsqueeze(-1) if a_zp.dim() == 1 and a_zp.numel() > 1 else a_zp)  # per row of A
+    if b_zp is not None:
+        b = b - b_zp.to(torch.float64)  # per column of B
+    return torch.matmul(a, b).to(torch.float32)
+
+
 # -- the registry -------------------------------------------------------------------------------
 
 Op = Callable[[Node, list], "Tensor | tuple"]
@@ -835,6 +861,8 @@ OPS: dict[str, Op] = {
     "Xor": _logical(torch.logical_xor),
     # quantization (fake, with a straight-through estimator)
     "QuantizeLinear": _quantize_linear,
+    "DynamicQuantizeLinear": _dynamic_quantize_linear,
+    "MatMulInteger": _matmul_integer,
     "DequantizeLinear": _dequantize_linear,
 }
 

@@ -15,7 +15,8 @@ sits at a code boundary the other way: one code one step off, which the layers
 after it spread (on PP-OCRv5's int8 recogniser 2 codes of 259,200 differ at the
 first such node, and the softmax output by up to 0.07 at the end). So Q/DQ
 graphs are checked segment by segment: the executor runs with every
-QuantizeLinear output pinned to onnxruntime's codes; the graph outputs must
+QuantizeLinear output (and DynamicQuantizeLinear's codes, scale and zero
+point) pinned to onnxruntime's; the graph outputs must
 then agree within the float tolerance, and the codes the executor computes
 itself may differ from onnxruntime's by one step in at most
 ``max_code_flips`` of each node's elements.
@@ -111,6 +112,10 @@ class Agreement:
         return not self.failures
 
 
+#: Nodes whose outputs are pinned to onnxruntime's in the check of a Q/DQ graph.
+QUANTIZERS = ("QuantizeLinear", "DynamicQuantizeLinear")
+
+
 def check_agreement(
     model: onnx.ModelProto,
     feeds: Iterable[Mapping[str, np.ndarray]],
@@ -134,8 +139,9 @@ def check_agreement(
     module = module or GraphModule(model)
     names = [o.name for o in model.graph.output]
     quantized = list(dict.fromkeys(
-        n.output[0] for n in model.graph.node if n.op_type == "QuantizeLinear" and n.output[0] not in names
+        name for n in model.graph.node if n.op_type in QUANTIZERS for name in n.output if name and name not in names
     ))  # fmt: skip
+    codes_of = {n.output[0] for n in model.graph.node if n.op_type in QUANTIZERS}  # the scales and zero points only pinned
     probe = model
     if quantized:
         probe = onnx.ModelProto()
@@ -151,6 +157,8 @@ def check_agreement(
             codes = dict(zip(quantized, values[len(names) :]))
             ours, own = module.run_pinned(feed, codes)
             for name, ref in codes.items():
+                if name not in codes_of:
+                    continue
                 steps = np.abs(own[name].astype(np.float64) - ref.astype(np.float64)) if ref.size else np.zeros(1)
                 flips = float(np.mean(steps > 0))
                 worst_flips = max(worst_flips, flips)
