@@ -40,19 +40,11 @@ class PinnedValues(LazyValues):
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
     """Build the mutable graph of ``model`` (weights are loaded lazily, on first use).
 
-    A graph input that also has an initializer is an *overridable default*: the
-    caller may feed it. onnx-graphsurgeon would import it as a constant (no
-    longer an input, and foldable); here it stays a graph input, a variable no
-    pass can fold, and :func:`export_model` writes its default back.
+    A graph input that also has an initializer (an overridable default) is
+    imported as a constant, as graph-surgeon does; :func:`export_model` declares
+    it an input again when its initializer survives the passes unchanged.
     """
-    defaults = overridable_defaults(model)
-    held = [t for t in model.graph.initializer if t.name in defaults]
-    for tensor in held:  # hidden from graph-surgeon during the import, restored after
-        model.graph.initializer.remove(tensor)
-    try:
-        graph = gs.import_onnx(model)
-    finally:
-        model.graph.initializer.extend(held)
+    graph = gs.import_onnx(model)
     for sub in [graph, *graph.subgraphs(recursive=True)]:
         for tensor in sub.tensors().values():
             values = getattr(tensor, "_values", None)
@@ -73,15 +65,40 @@ def export_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     model = gs.export_onnx(graph, do_type_check=False)
     _fix_rewritten_external_tensors(model)
     copy_model_fields(template, model)
-    inputs = {vi.name for vi in model.graph.input}
-    model.graph.initializer.extend(t for name, t in overridable_defaults(template).items() if name in inputs)
+    _redeclare_overridable_inputs(model, template)
     return model
 
 
+def _redeclare_overridable_inputs(model: onnx.ModelProto, template: onnx.ModelProto) -> None:
+    """Make the template's overridable defaults inputs again where their initializer is unchanged
+    (same name, type and dims); one a pass folded or rewrote is a constant now."""
+    defaults = overridable_defaults(template)
+    if not defaults:
+        return
+    present = {vi.name for vi in model.graph.input}
+    kept = {t.name: t for t in model.graph.initializer}
+    for vi in template.graph.input:
+        t, original = kept.get(vi.name), defaults.get(vi.name)
+        if t is None or original is None or vi.name in present:
+            continue
+        if t.data_type == original.data_type and list(t.dims) == list(original.dims):
+            model.graph.input.append(vi)
+
+
 def overridable_defaults(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
-    """Initializers of ``model`` that are also graph inputs (defaults a caller may override), by name."""
+    """Initializers of ``model`` that are graph inputs a caller may override, by name.
+
+    Only chosen ones: before IR 4 every initializer had to be listed as an input,
+    and exporters asked to keep initializers as inputs list them all; neither
+    makes the weights runtime parameters, so when *every* initializer is an
+    input (or the IR is older than 4) none counts, and the weights stay
+    foldable constants as the producer meant.
+    """
     inputs = {vi.name for vi in model.graph.input}
-    return {t.name: t for t in model.graph.initializer if t.name in inputs}
+    chosen = {t.name: t for t in model.graph.initializer if t.name in inputs}
+    if model.ir_version < 4 or len(chosen) == len(model.graph.initializer):
+        return {}
+    return chosen
 
 
 def _pack_4bit_constants(graph: gs.Graph) -> None:

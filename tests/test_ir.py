@@ -24,21 +24,32 @@ def test_int4_constants_set_by_a_pass_export_packed():
     np.testing.assert_array_equal(y, q.astype(np.float32) * 0.5)
 
 
-def test_an_input_with_a_default_initializer_stays_an_input_and_is_not_folded():
+def test_an_input_with_a_default_initializer_stays_an_input():
     """An overridable default (graph input + initializer) lost its input status in cleanup."""
     import onnxruntime as ort
 
     import onnxcomp
 
-    nodes = [helper.make_node("Mul", ["b", "two"], ["b2"]), helper.make_node("Add", ["x", "b2"], ["y"])]
+    nodes = [helper.make_node("Add", ["x", "b"], ["t"]), helper.make_node("Relu", ["t"], ["y"])]
     inputs = [builders.value("x", [1, 4]), builders.value("b", [1, 4])]
-    inits = [builders.tensor("b", np.ones((1, 4), np.float32)), builders.tensor("two", np.full((1, 4), 2, np.float32))]
+    inits = [builders.tensor("b", np.ones((1, 4), np.float32)), builders.tensor("unused_weight", np.ones((2,), np.float32))]
     model = builders.model(nodes, inputs, [builders.value("y", [1, 4])], inits)
     optimized = onnxcomp.optimize(model, ["cleanup"], latency=False).model
     assert [i.name for i in optimized.graph.input] == ["x", "b"]
     assert "b" in {t.name for t in optimized.graph.initializer}
     assert [i.name for i in model.graph.input] == ["x", "b"] and len(model.graph.initializer) == 2  # input untouched
     session = ort.InferenceSession(optimized.SerializeToString())
-    x = np.zeros((1, 4), np.float32)
-    np.testing.assert_array_equal(session.run(None, {"x": x})[0], np.full((1, 4), 2.0))  # the default
-    np.testing.assert_array_equal(session.run(None, {"x": x, "b": np.full((1, 4), 5, np.float32)})[0], np.full((1, 4), 10.0))
+    x = np.full((1, 4), -0.5, np.float32)
+    np.testing.assert_array_equal(session.run(None, {"x": x})[0], np.full((1, 4), 0.5))  # the default
+    np.testing.assert_array_equal(session.run(None, {"x": x, "b": np.full((1, 4), 2, np.float32)})[0], np.full((1, 4), 1.5))
+
+
+def test_initializers_all_listed_as_inputs_are_weights_not_defaults():
+    """IR < 4 required every initializer to be an input, and exporters keeping initializers as
+    inputs list them all: those stay foldable weights, not inputs of the optimized model."""
+    from onnxcomp.ir import overridable_defaults
+
+    nodes = [helper.make_node("Add", ["x", "b"], ["y"])]
+    model = builders.model(nodes, [builders.value("x", [1, 4]), builders.value("b", [1, 4])], [builders.value("y", [1, 4])],
+                           [builders.tensor("b", np.ones((1, 4), np.float32))])  # fmt: skip
+    assert overridable_defaults(model) == {}
