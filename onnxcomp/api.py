@@ -259,6 +259,9 @@ def _quality_for(choice: MetricChoice, max_drop: float | None, random_data: bool
     return quality
 
 
+FEW_SAMPLES = 10
+"""Below this many samples behind a quality headline, the report says how coarse it is."""
+
 NEXT_STEPS: dict[str, str] = {
     "prune-channels": "a lower --prune ratio, calibration data closer to what the model will see, or fine-tuning",
     "quantize-static": "--quantize int8-mixed (keeps the most sensitive layers float) or int8-accurate",
@@ -279,6 +282,13 @@ def _quality_gate(report: OptimizeReport, accept_drop: bool, ctx: PassContext) -
             f"the {q.metric} metric had nothing to measure on {v.data} (e.g. no detections, no text read), "
             "so the quality budget was not applied; verify on data where the model finds something"
         )
+    if q is not None and q.result.value is not None and q.max_drop is not None:
+        basis = q.result.details.get("basis", q.samples)
+        if isinstance(basis, int) and basis < FEW_SAMPLES:
+            ctx.warn(
+                f"the {q.metric} headline rests on {basis} sample(s) of {v.data}: one sample moves it by "
+                f"{1 / max(basis, 1):.0%}; give more held-out data (--verify-data) for a budget that means something"
+            )
     if q is None or q.within_budget:
         return
     r = q.result

@@ -95,20 +95,20 @@ def test_classification_agreement_confident_and_kl():
     logits = np.array([[5.0, 0.0, 0.0], [0.0, 5.0, 0.0], [0.1, 0.0, 0.05]])
     flipped = logits.copy()
     flipped[2] = [0.0, 0.1, 0.05]  # the unconfident sample changes its class
-    quality = Quality.for_outputs("classification", ["logits"], [logits])
-    quality_meter = quality.meter()
+    meter = Quality.for_outputs("classification", ["logits"], [logits]).meter()
     for i in range(3):
-        quality_meter.add([logits[i : i + 1]], [flipped[i : i + 1]], {})
-    r = quality_meter.result().result
-    assert r.details["top1_agreement"] == pytest.approx(2 / 3)
-    assert r.details["confident_samples"] == 2
-    assert r.value == pytest.approx(2 / 3) and r.headline == "top-1 agreement"  # < 10 confident: all samples count
-    many = Quality.for_outputs("classification", ["logits"], [logits]).meter()
-    for _ in range(5):
-        for i in range(3):
-            many.add([logits[i : i + 1]], [flipped[i : i + 1]], {})
-    r = many.result().result
-    assert r.headline == "top-1 agreement (confident)" and r.value == 1.0  # the 10 confident ones all agree
+        meter.add([logits[i : i + 1]], [flipped[i : i + 1]], {})
+    r = meter.result().result
+    assert r.details["top1_agreement"] == pytest.approx(2 / 3) and r.details["confident_samples"] == 2
+    assert r.headline == "top-1 agreement (confident)" and r.value == 1.0  # a near-tie flipping is no damage
+    assert r.details["kl"] > 0
+    unsure = Quality.for_outputs("classification", ["logits"], [logits]).meter()
+    unsure.add([logits[2:3]], [flipped[2:3]], {})
+    r = unsure.result().result
+    assert r.headline == "top-1 agreement" and r.value == 0.0  # no confident sample: all samples count
+    confident_flip = Quality.for_outputs("classification", ["logits"], [logits]).meter()
+    confident_flip.add([logits[0:1]], [logits[1:2]], {})
+    assert confident_flip.result().result.value == 0.0
 
 
 def test_ctc_character_agreement():

@@ -169,3 +169,10 @@ def test_mixed_precision_measures_with_the_runs_metric(model_path, calib):
     verification_calls = 2 * result.report.verification.samples  # the identical-outputs score and the candidate's
     assert len(calls) > verification_calls
     assert result.report.artifacts["quantize-static"]["mixed_precision"]["metric"] == "auto"
+
+
+def test_a_headline_on_few_samples_says_how_coarse_it_is(model_path, calib):
+    result = onnxcomp.optimize(model_path, ["cleanup", "quantize-static"], data=calib, latency=False)
+    q = result.report.verification.quality
+    assert q.metric == "classification" and q.result.details["basis"] == 2  # 2 held-out samples of 10
+    assert any("headline rests on 2 sample(s)" in w and "50%" in w for w in result.report.warnings)

@@ -8,7 +8,8 @@ the searches (pruning sensitivity, mixed precision), where a decision count
 over a handful of samples would be too coarse to rank choices.
 
 * ``classification``: top-1 agreement on the samples the original is
-  confident about (top probability >= 0.5; all samples when fewer than 10 are),
+  confident about (top probability >= 0.5; all samples when it is confident about none:
+  a flip between near-tied classes of an image the model cannot name is no damage),
   with top-1 agreement on all samples, top-5 agreement and KL(original || new);
   deviation: KL.
 * ``detection``: detections kept, counting a spurious one as a lost one
@@ -110,7 +111,7 @@ class Classification(TaskMetric):
 
     name, headline = "classification", "top-1 agreement (confident)"
     CONFIDENT = 0.5
-    MIN_CONFIDENT = 10
+    MIN_CONFIDENT = 1
 
     def __init__(self, output: int):
         self.output = output
@@ -139,6 +140,7 @@ class Classification(TaskMetric):
         use_confident = self._confident >= self.MIN_CONFIDENT
         score = self._confident_agree / self._confident if use_confident and self._confident else overall
         return scored(self.name, self.headline if use_confident else "top-1 agreement", score, {
+            "basis": self._confident if use_confident else self._count,
             "top1_agreement": overall,
             "top5_agreement": self._top5 / n if self._count else None,
             "confident_samples": self._confident,
