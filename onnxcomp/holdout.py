@@ -23,28 +23,28 @@ MIN_SAMPLES = 5
 class Part(Dataset):
     """The held-out or the fitting part of ``inner``."""
 
-    def __init__(self, inner: Dataset, *, held_out: bool, offset: int, limit: int | None):
-        self.inner, self.held_out, self.offset, self.limit = inner, held_out, offset, limit
-        what = f"held-out 1 in {EVERY}" if held_out else f"without the held-out 1 in {EVERY}"
+    def __init__(self, inner: Dataset, *, held_out: bool, offset: int, limit: int | None, every: int = EVERY):
+        self.inner, self.held_out, self.offset, self.limit, self.every = inner, held_out, offset, limit, every
+        what = f"held-out 1 in {every}" if held_out else f"without the held-out 1 in {every}"
         self.description = f"{inner.description} ({what})"
 
     def is_held_out(self, index: int) -> bool:
-        if index % EVERY != self.offset:
+        if index % self.every != self.offset:
             return False
-        return self.limit is None or index // EVERY < self.limit
+        return self.limit is None or index // self.every < self.limit
 
     def __iter__(self) -> Iterator[Feed]:
         for index, feed in enumerate(self.inner):
             if self.is_held_out(index) == self.held_out:
                 yield feed
-            elif self.held_out and self.limit is not None and index // EVERY >= self.limit:
+            elif self.held_out and self.limit is not None and index // self.every >= self.limit:
                 return
 
     def size(self) -> int | None:
         total = self.inner.size()
         if total is None:
             return None
-        held = len([i for i in range(self.offset, total, EVERY) if self.is_held_out(i)])
+        held = len([i for i in range(self.offset, total, self.every) if self.is_held_out(i)])
         return held if self.held_out else total - held
 
     @property
