@@ -21,7 +21,7 @@ from typing import Any
 
 import onnx
 
-from .errors import NothingCompressedError, OnnxcompError, QualityError, UsageError
+from .errors import DataError, InputError, NothingCompressedError, OnnxcompError, OutputError, QualityError, UsageError
 from .model_io import StagedModel, check_output_path, uses_external_data
 from .pipelines import pipeline_from_flags
 from .progress import ProgressFactory, null_progress
@@ -153,6 +153,8 @@ def _try(optimize, model, mode: str, prune: float | None, data: Any, options: di
         return _row(mode, "over budget", report, ""), None
     except NothingCompressedError:
         return Candidate(mode, "no effect", "no layer it quantizes"), None
+    except (InputError, DataError, UsageError, OutputError):
+        raise  # bad input, data or options fail every candidate alike: say so once, as optimize does
     except OnnxcompError as err:
         return Candidate(mode, "failed", " ".join(str(err).split())[:160]), None
     result.report.artifacts["auto_mode"] = mode

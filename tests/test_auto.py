@@ -54,3 +54,10 @@ def test_auto_with_no_candidate_in_budget_exits_3_and_writes_nothing(paths, tmp_
     assert not out.exists()
     with pytest.raises(QualityError):
         optimize_auto(model, output=None, data=calib, candidates=("fp16",), metric="features", max_drop=0.0, latency=False)
+
+
+def test_auto_on_a_missing_model_is_one_input_error_not_a_table_of_failures(tmp_path, capsys):
+    code = main(["optimize", str(tmp_path / "missing.onnx"), "--quantize", "auto"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "no candidate" not in err[0]
+    assert list(tmp_path.iterdir()) == []
